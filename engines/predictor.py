@@ -1,0 +1,66 @@
+"""One predictor interface over every inference backend: uint8 faces [N, H, W] → class probabilities [N, C]."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from leaf_fer.train.model import InferenceModel
+from leaf_fer.train.weights import WeightsMetadata, load_weights
+
+
+class Predictor(ABC):
+    """Common interface; every backend returns float32 probabilities that sum to 1 per face."""
+
+    backend_name: str = "abstract"
+
+    def __init__(self, metadata: WeightsMetadata) -> None:
+        self.metadata = metadata
+        self.classes: tuple[str, ...] = tuple(metadata.model.classes)
+        self.input_size: int = metadata.model.input_size
+
+    def predict(self, faces: np.ndarray) -> np.ndarray:
+        """faces: uint8 [N, H, W] with H = W = ``input_size`` → float32 probabilities [N, C]."""
+        faces = np.asarray(faces)
+        if faces.ndim == 2:
+            faces = faces[None]
+        if faces.ndim != 3 or faces.shape[1:] != (self.input_size, self.input_size):
+            raise ValueError(f"expected faces of shape [N, {self.input_size}, {self.input_size}], got {faces.shape}")
+        if len(faces) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        pixels = faces.astype(np.float32)[:, None]
+        return np.asarray(self._run(pixels), dtype=np.float32)
+
+    @abstractmethod
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels: float32 [N, 1, H, W] in [0, 255] → probabilities [N, C]."""
+
+    def close(self) -> None:
+        """Release backend resources (sessions, device buffers)."""
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TorchPredictor(Predictor):
+    """PyTorch eager FP32 on CPU (or CUDA when asked): the reference every other backend is checked against."""
+
+    backend_name = "torch"
+
+    def __init__(self, weights: str | os.PathLike[str] | None = None, device: str = "cpu") -> None:
+        net, metadata = load_weights(weights)
+        super().__init__(metadata)
+        self.weights_path = Path(weights) if weights else None
+        self.device = torch.device(device)
+        self.model = InferenceModel(net).to(self.device).eval()
+
+    @torch.inference_mode()
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        return self.model(torch.from_numpy(pixels).to(self.device)).float().cpu().numpy()
