@@ -85,6 +85,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -102,6 +103,7 @@ def save_weights(net: LeafNet, path: str | os.PathLike[str], metadata: WeightsMe
         save_file(tensors, tmp, metadata={"format": FORMAT})
         metadata.sha256 = file_sha256(tmp)
         metadata.model = net.config
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

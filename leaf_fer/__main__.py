@@ -1,0 +1,5 @@
+import sys
+
+from leaf_fer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,152 @@
+import csv
+
+import cv2
+import numpy as np
+import pytest
+
+from leaf_fer.train.data import (
+    DataError,
+    FaceData,
+    ferplus_majority,
+    load_dataset,
+    load_fer2013_csv,
+    load_image_folder,
+    load_npz,
+    stratified_fraction,
+    targets_for,
+)
+from leaf_fer.train.model import FER2013_CLASSES, FERPLUS_CLASSES
+
+
+def write_fer_csvs(folder, rows):
+    """rows: (emotion, pixels array, usage, votes list of 10)."""
+    fer = folder / "fer2013.csv"
+    new = folder / "fer2013new.csv"
+    with open(fer, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["emotion", "pixels", "Usage"])
+        for emotion, pixels, usage, _ in rows:
+            writer.writerow([emotion, " ".join(map(str, pixels.ravel())), usage])
+    with open(new, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Usage", "Image name", "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
+                         "contempt", "unknown", "NF"])
+        for i, (_, _, usage, votes) in enumerate(rows):
+            writer.writerow([usage, f"fer{i:07d}.png", *votes])
+    return fer, new
+
+
+def test_npz_loads_shared_data(publictest_npz):
+    data = load_npz(publictest_npz)
+    assert data.images.shape == (3589, 48, 48) and data.images.dtype == np.uint8
+    assert data.ferplus_votes.shape == (3589, 10)
+    targets = targets_for(data, FERPLUS_CLASSES)
+    assert np.allclose(targets.soft[targets.usable].sum(axis=1), 1.0)
+    assert 2500 < (targets.hard >= 0).sum() < 3589
+
+
+def test_fer2013_csv_pair(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 48, 48))
+    rows = [
+        (3, images[0], "Training", [0, 9, 1, 0, 0, 0, 0, 0, 0, 0]),
+        (0, images[1], "Training", [2, 0, 0, 0, 6, 2, 0, 0, 0, 0]),
+        (6, images[2], "PublicTest", [10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        (4, images[3], "Training", [0, 0, 0, 0, 0, 0, 0, 0, 3, 7]),
+    ]
+    fer, new = write_fer_csvs(tmp_path, rows)
+    data = load_fer2013_csv(fer, new, usage="Training")
+    assert len(data) == 3
+    np.testing.assert_array_equal(data.images[1], images[1])
+    assert data.fer2013_labels.tolist() == [3, 0, 4]
+    targets = targets_for(data, FERPLUS_CLASSES)
+    assert targets.hard.tolist() == [1, 4, -1]
+    assert targets.usable.tolist() == [True, True, False]
+    np.testing.assert_allclose(targets.soft[1], [0.2, 0, 0, 0, 0.6, 0.2, 0, 0])
+    public = load_dataset(fer, new, usage="PublicTest")
+    assert len(public) == 1 and targets_for(public, FERPLUS_CLASSES).hard.tolist() == [0]
+    labels_only = load_fer2013_csv(fer, None, usage=None)
+    assert targets_for(labels_only, FER2013_CLASSES).hard.tolist() == [3, 0, 6, 4]
+
+
+def test_fer2013_csv_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_fer2013_csv(tmp_path / "missing.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label,pixels,Usage\n0,1 2 3,Training\n")
+    with pytest.raises(DataError, match="missing column"):
+        load_fer2013_csv(bad)
+    short = tmp_path / "short.csv"
+    short.write_text("emotion,pixels,Usage\n0,1 2 3,Training\n")
+    with pytest.raises(DataError, match="2304 pixel values"):
+        load_fer2013_csv(short)
+
+
+def test_image_folder(tmp_path):
+    rng = np.random.default_rng(1)
+    for name, count in (("happy", 2), ("Sad", 1), ("neutral", 3)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            cv2.imwrite(str(tmp_path / name / f"{i}.png"), rng.integers(0, 256, (96, 80, 3), dtype=np.uint8))
+    data = load_image_folder(tmp_path)
+    assert data.images.shape == (6, 48, 48)
+    hard = targets_for(data, FERPLUS_CLASSES).hard
+    assert sorted(hard.tolist()) == [0, 0, 0, 1, 1, 3]
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="folder not found"):
+        load_image_folder(tmp_path / "nope")
+    with pytest.raises(DataError, match="no images"):
+        load_image_folder(tmp_path)
+    (tmp_path / "bored").mkdir()
+    with pytest.raises(DataError, match="unknown class folder"):
+        load_image_folder(tmp_path)
+    (tmp_path / "bored").rmdir()
+    (tmp_path / "happy").mkdir()
+    (tmp_path / "happy" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="not a readable image"):
+        load_image_folder(tmp_path)
+    (tmp_path / "happy" / "broken.png").unlink()
+    cv2.imwrite(str(tmp_path / "happy" / "tiny.png"), np.zeros((3, 3), np.uint8))
+    with pytest.raises(DataError, match="cannot be made a 48x48 face"):
+        load_image_folder(tmp_path)
+
+
+def test_npz_errors(tmp_path):
+    path = tmp_path / "faces.npz"
+    np.savez(path, images=np.zeros((2, 48, 48), np.uint8))
+    with pytest.raises(DataError, match="ferplus_votes' or 'labels"):
+        load_npz(path)
+    np.savez(path, images=np.zeros((2, 48, 48), np.uint8), labels=np.array([0, 9]))
+    with pytest.raises(DataError, match="0..7"):
+        load_npz(path)
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(DataError, match="not a readable npz"):
+        load_npz(tmp_path / "junk.npz")
+
+
+def test_majority_rule():
+    votes = np.array([
+        [6, 4, 0, 0, 0, 0, 0, 0, 0, 0],  # neutral has 6 of 10 → neutral
+        [5, 5, 0, 0, 0, 0, 0, 0, 0, 0],  # tie at half → no majority
+        [0, 0, 0, 0, 0, 0, 0, 0, 8, 2],  # unknown majority → dropped
+        [0, 0, 0, 0, 0, 0, 0, 3, 0, 1],  # contempt 3 of 4 → contempt
+    ])
+    assert ferplus_majority(votes).tolist() == [0, -1, -1, 7]
+
+
+def test_stratified_fraction_is_seeded_and_per_class():
+    labels = np.repeat(np.arange(4), [100, 50, 10, 1])
+    first = stratified_fraction(labels, 0.1, seed=3)
+    assert first.tolist() == stratified_fraction(labels, 0.1, seed=3).tolist()
+    assert first.tolist() != stratified_fraction(labels, 0.1, seed=4).tolist()
+    counts = np.bincount(labels[first], minlength=4)
+    assert counts.tolist() == [10, 5, 1, 1]
+
+
+def test_subset_and_hash():
+    data = FaceData(images=np.arange(4 * 48 * 48, dtype=np.uint8).reshape(4, 48, 48), fer2013_labels=np.arange(4))
+    part = data.subset(np.array([1, 3]))
+    assert part.fer2013_labels.tolist() == [1, 3]
+    assert part.content_hash() != data.content_hash()

@@ -1,0 +1,90 @@
+"""End-to-end training runs on a tiny slice of FER2013: every method trains, a killed run resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from leaf_fer.train.trainer import TrainConfig, train
+from leaf_fer.train.weights import load_weights
+
+
+def tiny_config(train_npz, publictest_npz, output, **overrides):
+    values = dict(data=str(train_npz), val_data=str(publictest_npz), epochs=1, iterations_per_epoch=3, batch_size=16,
+                  unlabeled_batch_size=16, max_train_samples=400, output=str(output), threads=1)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("fixmatch", {}),
+    ("leaf", {}),
+    ("leaf", {"semantic_level": False, "instance_level": False, "category_level": False}),
+])
+def test_semi_supervised_methods_train_and_save(train_npz, publictest_npz, tmp_path, method, extra):
+    config = tiny_config(train_npz, publictest_npz, tmp_path, method=method, label_fraction=0.1, **extra)
+    result = train(config, progress=False)
+    assert 0.0 <= result["best_accuracy"] <= 1.0
+    net, metadata = load_weights(tmp_path / "model.safetensors")
+    assert metadata.training["config"]["method"] == method
+    assert metadata.training["labeled"] < metadata.training["unlabeled"]
+    assert net.config.semantic_level == extra.get("semantic_level", True)
+    assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "confusion.png").stat().st_size > 0
+
+
+def test_semi_supervised_needs_unlabeled(train_npz, publictest_npz, tmp_path):
+    with pytest.raises(ValueError, match="needs unlabeled"):
+        tiny_config(train_npz, publictest_npz, tmp_path, method="leaf", label_fraction=1.0).validate()
+
+
+def test_killed_run_resumes(train_npz, publictest_npz, tmp_path):
+    output = tmp_path / "run"
+    args = [sys.executable, "-m", "leaf_fer", "train", "--data", str(train_npz), "--val-data", str(publictest_npz),
+            "--epochs", "4", "--iterations-per-epoch", "4", "--batch-size", "16", "--max-train-samples", "300",
+            "--threads", "1", "--output", str(output), "--no-progress"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state_file = output / "checkpoint.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if state_file.is_file() and json.loads(state_file.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be killed: " + process.stdout.read()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(state_file.read_text())["epoch"]
+    assert 1 <= killed_at < 4
+
+    resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming {output} at epoch {killed_at}/4" in resumed.stdout
+    history = json.loads(state_file.read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    logged = [json.loads(line)["epoch"] for line in (output / "train_log.jsonl").read_text().splitlines()]
+    assert logged[-4:] == [1, 2, 3, 4][-len(logged[-4:]):] and logged[-1] == 4
+    load_weights(output / "model.safetensors")
+
+    changed = subprocess.run(args[:-1] + ["--lr", "0.01", "--no-progress"], env=env, capture_output=True, text=True, timeout=120)
+    assert changed.returncode == 2 and "different configuration" in changed.stderr
+
+
+def test_evaluate_cli_on_both_label_formats(publictest_npz, tmp_path):
+    data = np.load(publictest_npz)
+    seven = tmp_path / "seven.npz"
+    np.savez(seven, images=data["images"][:300], labels=data["labels"][:300])
+    out = tmp_path / "scores.json"
+    result = subprocess.run([sys.executable, "-m", "leaf_fer", "evaluate", "--data", str(seven), "--json", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(out.read_text())
+    assert scores["protocol"] == "FER2013 labels" and "contempt" not in scores["classes"] and len(scores["classes"]) == 7
+    assert scores["count"] == 300
+    missing = subprocess.run([sys.executable, "-m", "leaf_fer", "evaluate", "--data", str(tmp_path / "none.npz")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "not found" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1

@@ -1,0 +1,113 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from leaf_fer.train.losses import ambiguous_positive_mask, category_level_loss, contrastive_loss, ranking_loss
+from leaf_fer.train.model import GatedExperts, InferenceModel, LeafNet, ModelConfig
+from leaf_fer.train.weights import WeightsError, load_weights, metadata_path, save_weights, WeightsMetadata
+
+
+def test_levels_switch_off_to_identity():
+    full = LeafNet(ModelConfig())
+    assert isinstance(full.semantic, GatedExperts) and isinstance(full.instance, GatedExperts)
+    plain = LeafNet(ModelConfig(semantic_level=False, instance_level=False))
+    assert isinstance(plain.semantic, torch.nn.Identity) and isinstance(plain.instance, torch.nn.Identity)
+    out = full.eval().forward_all(torch.randn(3, 1, 48, 48))
+    assert out.logits.shape == (3, 8)
+    torch.testing.assert_close(out.embedding.norm(dim=-1), torch.ones(3))
+
+
+def test_gated_experts_mix_every_expert():
+    torch.manual_seed(0)
+    block = GatedExperts(dim=16, hidden=8, num_experts=3)
+    x = torch.randn(5, 16)
+    weights = torch.softmax(block.gate(x), dim=-1)
+    expected = sum(weights[:, i:i + 1] * block.experts[i](x) for i in range(3))
+    torch.testing.assert_close(block(x), expected)
+    assert (weights > 0).all()
+
+
+def test_inference_model_outputs_probabilities():
+    net = LeafNet(ModelConfig()).eval()
+    probs = InferenceModel(net)(torch.rand(4, 1, 48, 48) * 255)
+    torch.testing.assert_close(probs.sum(dim=-1), torch.ones(4))
+
+
+def test_positive_set_is_smallest_topk_reaching_090():
+    probs = torch.tensor([
+        [0.95, 0.03, 0.02, 0.0],   # top-1 reaches 0.9
+        [0.50, 0.45, 0.03, 0.02],  # top-2 reaches 0.95
+        [0.40, 0.30, 0.15, 0.15],  # top-3 only 0.85: capped at 3
+    ])
+    mask = ambiguous_positive_mask(probs)
+    assert mask.tolist() == [[True, False, False, False], [True, True, False, False], [True, True, True, False]]
+
+
+def test_ranking_loss_prefers_positives_above_negatives():
+    positive = torch.tensor([[True, True, False, False]])
+    good = ranking_loss(torch.tensor([[3.0, 2.5, -2.0, -1.0]]), positive)
+    bad = ranking_loss(torch.tensor([[-2.0, 2.5, 3.0, -1.0]]), positive)
+    assert good.item() < 0.1 < 2.0 < bad.item()
+    expected = torch.log1p((torch.exp(torch.tensor(-3.0)) + torch.exp(torch.tensor(-2.5))) *
+                           (torch.exp(torch.tensor(-2.0)) + torch.exp(torch.tensor(-1.0))))
+    torch.testing.assert_close(good[0], expected)
+
+
+def test_category_level_loss_only_on_confident_rows():
+    logits = torch.randn(4, 8, requires_grad=True)
+    probs = torch.softmax(torch.randn(4, 8) * 3, -1)
+    none = category_level_loss(logits, probs, torch.zeros(4, dtype=torch.bool))
+    assert none.item() == 0.0
+    some = category_level_loss(logits, probs, torch.tensor([True, False, True, False]))
+    some.backward()
+    assert logits.grad[1].abs().sum() == 0 and logits.grad[0].abs().sum() > 0
+
+
+def test_contrastive_loss_lower_for_matching_views():
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    noise = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    assert contrastive_loss(a, a).item() < contrastive_loss(a, noise).item()
+
+
+def test_weights_roundtrip_and_refusals(tmp_path):
+    net = LeafNet(ModelConfig(backbone="resnet-xs")).eval()
+    path = save_weights(net, tmp_path / "m.safetensors", WeightsMetadata(model=net.config, metrics={"a": 1}))
+    loaded, metadata = load_weights(path)
+    x = torch.randn(2, 1, 48, 48)
+    torch.testing.assert_close(loaded(x), net(x))
+    assert metadata.metrics == {"a": 1} and metadata.model.backbone == "resnet-xs"
+
+    meta = json.loads(metadata_path(path).read_text())
+    meta["model"]["backbone"] = "resnet-m"
+    meta["sha256"] = ""
+    metadata_path(path).write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="do not match the model|has shape"):
+        load_weights(path)
+
+    path2 = save_weights(net, tmp_path / "n.safetensors", WeightsMetadata(model=net.config))
+    raw = bytearray(path2.read_bytes())
+    raw[-10] ^= 0xFF
+    path2.write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match="checksum"):
+        load_weights(path2)
+
+    metadata_path(path2).unlink()
+    with pytest.raises(WeightsError, match="metadata file missing"):
+        load_weights(path2)
+    with pytest.raises(WeightsError, match="not found"):
+        load_weights(tmp_path / "absent.safetensors")
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    metadata_path(junk).write_text(json.dumps(dict(json.loads(metadata_path(path).read_text()), sha256="")))
+    with pytest.raises(WeightsError, match="not a readable safetensors"):
+        load_weights(junk)
+
+
+def test_shipped_default_weights_load():
+    net, metadata = load_weights(None)
+    assert metadata.model.classes[1] == "happiness"
+    assert np.isfinite(net(torch.zeros(1, 1, 48, 48)).detach().numpy()).all()

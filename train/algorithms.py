@@ -1,0 +1,132 @@
+"""Training methods, one ``train_step`` each over a shared loop (USB style): supervised, FixMatch, LEAF."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .augment import strong_augment, weak_augment
+from .losses import category_level_loss, contrastive_loss, soft_cross_entropy
+from .model import LeafNet
+
+
+@dataclass
+class Batch:
+    """Raw [0,1] images [B,1,H,W]; ``targets`` are soft distributions (labeled batches only)."""
+
+    images: torch.Tensor
+    targets: torch.Tensor | None = None
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    logs: dict[str, float]
+
+
+class Algorithm:
+    """Base: normalisation, augmentation and the labeled loss shared by every method."""
+
+    name = "base"
+    uses_unlabeled = False
+
+    def __init__(self, net: LeafNet, num_classes: int, autocast: bool = True) -> None:
+        self.net = net
+        self.num_classes = num_classes
+        self.autocast = autocast
+        self.thresholds = torch.full((num_classes,), 0.8)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.net.config.pixel_mean) / self.net.config.pixel_std
+
+    def forward(self, x: torch.Tensor):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast and x.device.type == "cpu"):
+            return self.net.forward_all(self.normalise(x))
+
+    def train_step(self, labeled: Batch, unlabeled: Batch | None) -> StepResult:
+        raise NotImplementedError
+
+    def update_thresholds(self, confidences: torch.Tensor, correct: torch.Tensor, labels: torch.Tensor) -> None:
+        """Class-adaptive thresholds: mean confidence of correctly classified labeled samples, never below 0.8."""
+        for cls in range(self.num_classes):
+            chosen = correct & (labels == cls)
+            if chosen.any():
+                self.thresholds[cls] = max(0.8, float(confidences[chosen].mean()))
+
+
+class Supervised(Algorithm):
+    """Labeled data only: soft-target cross-entropy on a weak view."""
+
+    name = "supervised"
+
+    def train_step(self, labeled: Batch, unlabeled: Batch | None) -> StepResult:
+        out = self.forward(weak_augment(labeled.images))
+        loss = soft_cross_entropy(out.logits, labeled.targets)
+        return StepResult(loss, {"loss_x": float(loss.detach())})
+
+
+class FixMatch(Algorithm):
+    """FixMatch: hard pseudo-labels from a weak view where confidence ≥ 0.95, cross-entropy on a strong view."""
+
+    name = "fixmatch"
+    uses_unlabeled = True
+    threshold = 0.95
+
+    def train_step(self, labeled: Batch, unlabeled: Batch | None) -> StepResult:
+        assert unlabeled is not None
+        n_l = len(labeled.images)
+        weak_l = weak_augment(labeled.images)
+        weak_u = weak_augment(unlabeled.images)
+        strong_u = strong_augment(unlabeled.images)
+        out = self.forward(torch.cat([weak_l, weak_u, strong_u]))
+        logits_l, logits_w, logits_s = out.logits[:n_l], *out.logits[n_l:].chunk(2)
+        loss_x = soft_cross_entropy(logits_l, labeled.targets)
+        probs = torch.softmax(logits_w.detach().float(), dim=-1)
+        confidence, pseudo = probs.max(dim=-1)
+        mask = (confidence >= self.threshold).float()
+        loss_u = (F.cross_entropy(logits_s.float(), pseudo, reduction="none") * mask).mean()
+        loss = loss_x + loss_u
+        return StepResult(loss, {"loss_x": float(loss_x), "loss_u": float(loss_u), "mask": float(mask.mean())})
+
+
+class Leaf(Algorithm):
+    """LEAF: ambiguous pseudo-labels ranked on the strong view (category level), adaptive thresholds, SimCLR on the
+    two weak views of low-confidence samples. The semantic and instance levels live in the network (LeafNet)."""
+
+    name = "leaf"
+    uses_unlabeled = True
+
+    def __init__(self, net: LeafNet, num_classes: int, autocast: bool = True, category_level: bool = True,
+                 weight_x: float = 0.5, weight_u: float = 1.0, weight_s: float = 0.1) -> None:
+        super().__init__(net, num_classes, autocast)
+        self.category_level = category_level
+        self.weight_x, self.weight_u, self.weight_s = weight_x, weight_u, weight_s
+
+    def train_step(self, labeled: Batch, unlabeled: Batch | None) -> StepResult:
+        assert unlabeled is not None
+        n_l, n_u = len(labeled.images), len(unlabeled.images)
+        views = [weak_augment(labeled.images), weak_augment(unlabeled.images), weak_augment(unlabeled.images),
+                 strong_augment(unlabeled.images)]
+        out = self.forward(torch.cat(views))
+        logits_l = out.logits[:n_l]
+        logits_w1, logits_w2, logits_s = out.logits[n_l:].split(n_u)
+        emb_w1, emb_w2 = out.embedding[n_l:n_l + 2 * n_u].split(n_u)
+        loss_x = soft_cross_entropy(logits_l, labeled.targets)
+        probs = (torch.softmax(logits_w1.detach().float(), -1) + torch.softmax(logits_w2.detach().float(), -1)) / 2
+        confidence, pseudo = probs.max(dim=-1)
+        confident = confidence >= self.thresholds.to(probs.device)[pseudo]
+        if self.category_level:
+            loss_u = category_level_loss(logits_s, probs, confident)
+        else:
+            loss_u = F.cross_entropy(logits_s[confident].float(), pseudo[confident]) if confident.any() else logits_s.sum() * 0
+        loss_u = loss_u * confident.float().mean()
+        uncertain = ~confident
+        loss_s = contrastive_loss(emb_w1[uncertain].float(), emb_w2[uncertain].float())
+        loss = self.weight_x * loss_x + self.weight_u * loss_u + self.weight_s * loss_s
+        return StepResult(loss, {"loss_x": float(loss_x), "loss_u": float(loss_u), "loss_s": float(loss_s),
+                                 "mask": float(confident.float().mean())})
+
+
+ALGORITHMS = {"supervised": Supervised, "fixmatch": FixMatch, "leaf": Leaf}

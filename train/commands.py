@@ -1,0 +1,71 @@
+"""`leaf-fer train` and `leaf-fer evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from .trainer import TrainConfig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train_parser = subparsers.add_parser("train", help="train a LEAF model (supervised, FixMatch or LEAF)")
+    train_parser.add_argument("--config", type=Path, help="YAML file of training options; flags override it")
+    for field in fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in ("bool", bool):
+            train_parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "float": float}.get(str(field.type), str)
+            train_parser.add_argument(flag, dest=field.name, type=kind, default=None)
+    train_parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --output")
+    train_parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    train_parser.set_defaults(func=run_train)
+
+    eval_parser = subparsers.add_parser("evaluate", help="accuracy, macro-F1 and per-class recall on an npz")
+    eval_parser.add_argument("--weights", type=Path, help="weights .safetensors (default: the shipped model)")
+    eval_parser.add_argument("--data", type=Path, required=True, help="npz with images + ferplus_votes or labels")
+    eval_parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
+    eval_parser.set_defaults(func=run_evaluate)
+
+
+def load_train_config(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, object] = {}
+    if args.config:
+        if not args.config.is_file():
+            raise ValueError(f"{args.config}: config file not found")
+        loaded = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{args.config}: expected a mapping of option: value")
+        values.update(loaded)
+    for field in fields(TrainConfig):
+        value = getattr(args, field.name)
+        if value is not None:
+            values[field.name] = value
+    return TrainConfig.from_dict(values)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .trainer import train
+
+    result = train(load_train_config(args), restart=args.restart, progress=not args.no_progress)
+    print(f"best validation accuracy {100 * result['best_accuracy']:.2f}% at epoch {result['best_epoch']}; "
+          f"weights: {result['weights']}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_weights
+    from .weights import atomic_write_bytes
+
+    scores, protocol = evaluate_weights(args.weights, args.data)
+    print(f"{args.data} ({protocol}, {len(scores.classes)} classes)")
+    print(scores.summary())
+    if args.json:
+        payload = {"data": str(args.data), "protocol": protocol, **scores.to_dict()}
+        atomic_write_bytes(args.json, json.dumps(payload, indent=2).encode())
+    return 0

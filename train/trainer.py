@@ -1,0 +1,351 @@
+"""The shared training loop: data split, EMA teacher, per-epoch validation, best checkpoint, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .algorithms import ALGORITHMS, Algorithm, Batch
+from .data import FaceData, Targets, load_dataset, stratified_fraction, targets_for
+from .metrics import Scores, plot_confusion, plot_curves, score
+from .model import FER2013_CLASSES, FERPLUS_CLASSES, LeafNet, ModelConfig, count_parameters
+from .weights import WeightsMetadata, atomic_write_bytes, file_sha256, save_weights
+
+CLASS_SETS = {"ferplus": FERPLUS_CLASSES, "fer2013": FER2013_CLASSES}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; stored in the checkpoint and in the shipped weights' metadata."""
+
+    data: str = ""
+    ferplus_csv: str | None = None
+    val_data: str | None = None
+    val_fraction: float = 0.1
+    classes: str = "ferplus"
+    label_fraction: float = 1.0
+    method: str = "supervised"
+    backbone: str = "resnet-s"
+    semantic_level: bool = True
+    instance_level: bool = True
+    category_level: bool = True
+    epochs: int = 30
+    iterations_per_epoch: int = 0
+    batch_size: int = 128
+    unlabeled_batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    ema_decay: float = 0.999
+    dropout: float = 0.3
+    device: str = "auto"
+    seed: int = 0
+    output: str = "runs/default"
+    threads: int = 0
+    max_train_samples: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown training option(s): {sorted(unknown)}")
+        config = cls(**data)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ValueError("no training data given (--data PATH: .npz, fer2013.csv or an image folder)")
+        if self.method not in ALGORITHMS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {sorted(ALGORITHMS)}")
+        if self.classes not in CLASS_SETS:
+            raise ValueError(f"unknown class set {self.classes!r}; choose from {sorted(CLASS_SETS)}")
+        if self.method != "supervised" and self.label_fraction >= 1.0:
+            raise ValueError(f"method {self.method!r} needs unlabeled data: set a label fraction below 1")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("epochs must be ≥ 1 and batch size ≥ 2")
+
+    def model_config(self) -> ModelConfig:
+        classes = CLASS_SETS[self.classes]
+        return ModelConfig(backbone=self.backbone, num_classes=len(classes), classes=classes, dropout=self.dropout,
+                           semantic_level=self.semantic_level, instance_level=self.instance_level)
+
+
+@dataclass
+class Splits:
+    labeled_images: torch.Tensor
+    labeled_targets: torch.Tensor
+    labeled_hard: torch.Tensor
+    unlabeled_images: torch.Tensor
+    val_images: torch.Tensor
+    val_hard: np.ndarray
+    data_hash: str
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def prepare_splits(config: TrainConfig) -> Splits:
+    """Load data; hold apart a validation split when none is given; keep a stratified labeled fraction."""
+    classes = CLASS_SETS[config.classes]
+    train = load_dataset(config.data, config.ferplus_csv, usage="Training")
+    if config.max_train_samples:
+        train = train.subset(np.random.default_rng(config.seed).permutation(len(train))[: config.max_train_samples])
+    targets = targets_for(train, classes)
+    usable = np.flatnonzero(targets.usable)
+    if config.val_data:
+        val = load_dataset(config.val_data, config.ferplus_csv, usage="PublicTest")
+        train_index = usable
+    else:
+        held = stratified_fraction(targets.hard[usable].clip(min=-1), config.val_fraction, config.seed + 1)
+        val = train.subset(usable[held])
+        train_index = np.setdiff1d(usable, usable[held])
+    val_targets = targets_for(val, classes)
+    val_rows = np.flatnonzero(val_targets.hard >= 0)
+    labeled_index = train_index
+    if config.label_fraction < 1.0:
+        labeled_index = train_index[stratified_fraction(targets.hard[train_index], config.label_fraction, config.seed)]
+    unlabeled_index = np.setdiff1d(np.arange(len(train)), labeled_index)
+    if config.val_data is None:
+        unlabeled_index = np.setdiff1d(unlabeled_index, np.setdiff1d(usable, train_index))
+    as_tensor = lambda images: torch.from_numpy(np.ascontiguousarray(images))  # noqa: E731
+    return Splits(
+        labeled_images=as_tensor(train.images[labeled_index]),
+        labeled_targets=torch.from_numpy(targets.soft[labeled_index]),
+        labeled_hard=torch.from_numpy(targets.hard[labeled_index]),
+        unlabeled_images=as_tensor(train.images[unlabeled_index]),
+        val_images=as_tensor(val.images[val_rows]),
+        val_hard=val_targets.hard[val_rows],
+        data_hash=train.content_hash() + ":" + val.content_hash(),
+    )
+
+
+class EmaTeacher:
+    """Exponential moving average of the student's parameters and buffers; the teacher is what gets evaluated."""
+
+    def __init__(self, student: LeafNet, decay: float) -> None:
+        self.model = LeafNet(student.config).to(next(student.parameters()).device)
+        self.model.load_state_dict(student.state_dict())
+        self.model.eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, student: LeafNet, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema_value, value in zip(self.model.state_dict().values(), student.state_dict().values()):
+            if ema_value.dtype.is_floating_point:
+                ema_value.mul_(decay).add_(value.detach(), alpha=1 - decay)
+            else:
+                ema_value.copy_(value)
+
+
+@torch.no_grad()
+def predict_probabilities(net: LeafNet, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """uint8 [N,H,W] → float32 probabilities, in eval mode, FP32."""
+    net.eval()
+    device = next(net.parameters()).device
+    config = net.config
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device).float().unsqueeze(1) / 255.0
+        out.append(torch.softmax(net((x - config.pixel_mean) / config.pixel_std).float(), -1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, config.num_classes), dtype=np.float32)
+
+
+def evaluate_split(net: LeafNet, images: torch.Tensor, labels: np.ndarray) -> Scores:
+    probs = predict_probabilities(net, images)
+    return score(labels, probs.argmax(axis=1), net.config.classes)
+
+
+class Checkpoint:
+    """``checkpoint.safetensors`` (student, teacher, optimiser tensors, RNG) + ``checkpoint.json`` (the rest).
+
+    The JSON is written last and names the tensor file's SHA-256, so a kill mid-write never yields a checkpoint
+    that loads as complete.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.tensors_path = folder / "checkpoint.safetensors"
+        self.state_path = folder / "checkpoint.json"
+
+    def exists(self) -> bool:
+        return self.state_path.is_file() and self.tensors_path.is_file()
+
+    def save(self, student: LeafNet, teacher: EmaTeacher, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        tensors = {f"student.{k}": v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+        tensors.update({f"teacher.{k}": v.detach().cpu().contiguous() for k, v in teacher.model.state_dict().items()})
+        optim_state = optimizer.state_dict()
+        for index, values in optim_state["state"].items():
+            for key, value in values.items():
+                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        tensors["rng.torch"] = torch.get_rng_state()
+        tmp = self.tensors_path.with_name(".checkpoint.safetensors.tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, self.tensors_path)
+        state = dict(state, param_groups=optim_state["param_groups"], tensors_sha256=file_sha256(self.tensors_path))
+        atomic_write_bytes(self.state_path, json.dumps(state, indent=1).encode())
+
+    def load(self, student: LeafNet, teacher: EmaTeacher, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        state = json.loads(self.state_path.read_text())
+        if file_sha256(self.tensors_path) != state["tensors_sha256"]:
+            raise RuntimeError(f"{self.tensors_path}: checkpoint tensors do not match checkpoint.json (interrupted write?)")
+        tensors = load_file(str(self.tensors_path))
+        student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
+        teacher.model.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("teacher.")})
+        optim_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                optim_state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
+        torch.set_rng_state(tensors["rng.torch"])
+        return state
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Linear warm-up then cosine decay to 1% of the peak."""
+    warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a training run; writes ``model.safetensors`` (best on validation) and reports into the output."""
+    config.validate()
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    splits = prepare_splits(config)
+    model_config = config.model_config()
+    student = LeafNet(model_config).to(device)
+    teacher = EmaTeacher(student, config.ema_decay)
+    algorithm: Algorithm = _make_algorithm(config, student)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = config.iterations_per_epoch or max(1, len(splits.labeled_images) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+
+    checkpoint = Checkpoint(output)
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "history": [], "elapsed_s": 0.0}
+    if checkpoint.exists() and not restart:
+        saved = json.loads(checkpoint.state_path.read_text())
+        if _run_identity(saved.get("config", {})) != _run_identity(asdict(config)):
+            raise RuntimeError(f"{output}: holds a checkpoint of a different configuration; use --restart or another --output")
+        state = checkpoint.load(student, teacher, optimizer)
+        algorithm.thresholds = torch.tensor(state["thresholds"])
+        print(f"resuming {output} at epoch {state['epoch']}/{config.epochs}")
+    log_file = output / "train_log.jsonl"
+    print(f"{config.method}: {len(splits.labeled_images)} labeled, {len(splits.unlabeled_images)} unlabeled, "
+          f"{len(splits.val_images)} validation; {count_parameters(student) / 1e6:.2f}M parameters on {device}")
+
+    for epoch in range(state["epoch"], config.epochs):
+        start = time.perf_counter()
+        rng = np.random.default_rng([config.seed, epoch])
+        student.train()
+        order = rng.permutation(len(splits.labeled_images))
+        losses, logs_sum = [], {}
+        confidences, correct, labels = [], [], []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        for i in bar:
+            pick = order[(i * config.batch_size) % len(order):][: config.batch_size]
+            if len(pick) < config.batch_size:
+                pick = rng.choice(len(order), config.batch_size, replace=False)
+            labeled = Batch(splits.labeled_images[pick].to(device).float().unsqueeze(1) / 255.0,
+                            splits.labeled_targets[pick].to(device))
+            unlabeled = None
+            if algorithm.uses_unlabeled:
+                upick = rng.integers(0, len(splits.unlabeled_images), config.unlabeled_batch_size)
+                unlabeled = Batch(splits.unlabeled_images[upick].to(device).float().unsqueeze(1) / 255.0)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, state["step"], total_steps, steps_per_epoch)
+            result = algorithm.train_step(labeled, unlabeled)
+            optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            optimizer.step()
+            teacher.update(student, state["step"])
+            state["step"] += 1
+            losses.append(float(result.loss.detach()))
+            for key, value in result.logs.items():
+                logs_sum[key] = logs_sum.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if algorithm.uses_unlabeled:
+            train_probs = predict_probabilities(student, splits.labeled_images[: 4096])
+            hard = splits.labeled_hard[: 4096].numpy()
+            keep = hard >= 0
+            algorithm.update_thresholds(torch.from_numpy(train_probs.max(1)[keep]),
+                                        torch.from_numpy(train_probs.argmax(1)[keep] == hard[keep]), torch.from_numpy(hard[keep]))
+        scores = evaluate_split(teacher.model, splits.val_images, splits.val_hard)
+        elapsed = time.perf_counter() - start
+        state["elapsed_s"] += elapsed
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_accuracy": scores.accuracy,
+                  "val_macro_f1": scores.macro_f1, "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed,
+                  **{k: v / steps_per_epoch for k, v in logs_sum.items()}}
+        state["history"].append(record)
+        with open(log_file, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  val acc {100 * scores.accuracy:.2f}%  "
+              f"macro-F1 {100 * scores.macro_f1:.2f}%  ({elapsed:.0f}s)", flush=True)
+        if scores.accuracy > state["best_accuracy"]:
+            state["best_accuracy"] = scores.accuracy
+            state["best_epoch"] = epoch + 1
+            _save_model(teacher.model, output / "model.safetensors", config, splits, scores, state)
+            plot_confusion(scores, output / "confusion.png", f"{config.method} (EMA teacher), validation, epoch {epoch + 1}")
+        state["epoch"] = epoch + 1
+        state["thresholds"] = algorithm.thresholds.tolist()
+        state["config"] = asdict(config)
+        checkpoint.save(student, teacher, optimizer, state)
+        plot_curves(state["history"], output / "curves.png")
+    return {"best_accuracy": state["best_accuracy"], "best_epoch": state.get("best_epoch"), "elapsed_s": state["elapsed_s"],
+            "weights": str(output / "model.safetensors"), "history": state["history"]}
+
+
+def _run_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The options that define a run; where and how fast it runs may change across a resume."""
+    return {k: v for k, v in config.items() if k not in ("output", "device", "threads")}
+
+
+def _make_algorithm(config: TrainConfig, net: LeafNet) -> Algorithm:
+    cls = ALGORITHMS[config.method]
+    num_classes = net.config.num_classes
+    if config.method == "leaf":
+        return cls(net, num_classes, category_level=config.category_level)
+    return cls(net, num_classes)
+
+
+def _save_model(net: LeafNet, path: Path, config: TrainConfig, splits: Splits, scores: Scores, state: dict[str, Any]) -> None:
+    metadata = WeightsMetadata(
+        model=net.config,
+        training={
+            "config": asdict(config),
+            "epoch": state["epoch"] + 1,
+            "steps": state["step"],
+            "train_seconds": round(state["elapsed_s"], 1),
+            "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "labeled": len(splits.labeled_images),
+            "unlabeled": len(splits.unlabeled_images),
+        },
+        metrics={"validation": scores.to_dict()},
+        data_hash=splits.data_hash,
+    )
+    save_weights(net, path, metadata)
