@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from .ablation import VARIANTS
 from .trainer import TrainConfig
 
 
@@ -25,6 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train_parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --output")
     train_parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     train_parser.set_defaults(func=run_train)
+
+    ablate_parser = subparsers.add_parser("ablate", help="semi-supervised protocol: methods and LEAF ablations x seeds")
+    ablate_parser.add_argument("--config", type=Path, help="YAML of base training options (data, budget, fraction)")
+    ablate_parser.add_argument("--variants", nargs="+", default=None, help="subset of: " + ", ".join(VARIANTS))
+    ablate_parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ablate_parser.add_argument("--output", type=Path, default=Path("runs/ablation"))
+    ablate_parser.add_argument("--no-progress", action="store_true")
+    ablate_parser.set_defaults(func=run_ablate)
 
     eval_parser = subparsers.add_parser("evaluate", help="accuracy, macro-F1 and per-class recall on an npz")
     eval_parser.add_argument("--weights", type=Path, help="weights .safetensors (default: the shipped model)")
@@ -56,6 +65,17 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"best validation accuracy {100 * result['best_accuracy']:.2f}% at epoch {result['best_epoch']}; "
           f"weights: {result['weights']}")
     return 0
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from .ablation import run_ablation
+
+    values = yaml.safe_load(args.config.read_text()) if args.config else {}
+    values = dict(values or {}, method="leaf")
+    base = TrainConfig.from_dict(values)
+    report = run_ablation(base, args.variants or list(VARIANTS), args.seeds, args.output, progress=not args.no_progress)
+    print(Path(args.output / "results.md").read_text())
+    return 0 if report["runs"] else 1
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
