@@ -17,6 +17,7 @@ class Predictor(ABC):
     """Common interface; every backend returns float32 probabilities that sum to 1 per face."""
 
     backend_name: str = "abstract"
+    backend_reason: str = ""
 
     def __init__(self, metadata: WeightsMetadata) -> None:
         self.metadata = metadata
@@ -38,6 +39,10 @@ class Predictor(ABC):
     @abstractmethod
     def _run(self, pixels: np.ndarray) -> np.ndarray:
         """pixels: float32 [N, 1, H, W] in [0, 255] → probabilities [N, C]."""
+
+    def describe(self) -> str:
+        """One line: which backend runs, and why it was chosen when that was automatic."""
+        return f"{self.backend_name} ({self.backend_reason})" if self.backend_reason else self.backend_name
 
     def close(self) -> None:
         """Release backend resources (sessions, device buffers)."""

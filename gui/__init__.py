@@ -1,0 +1,1 @@
+"""PyQt6 window for live facial expression analysis (``leaf-fer gui``)."""

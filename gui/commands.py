@@ -1,0 +1,50 @@
+"""Registers the ``leaf-fer gui`` subcommand; Qt is imported only when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from leaf_fer.gui.settings import BACKENDS, DETECTOR_RANGES, GuiSettings
+
+
+def add_gui_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``leaf-fer gui`` and ``leaf_fer.gui.app.run_app``."""
+    defaults = GuiSettings()
+    parser.add_argument("--source", help="webcam index, video/image file or stream URL to start with")
+    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend, help="inference backend")
+    parser.add_argument("--weights", help="model weights (.safetensors); default: the bundled model")
+    parser.add_argument("--detector-range", choices=DETECTOR_RANGES, default=defaults.detector_range)
+    parser.add_argument("--min-confidence", type=float, default=defaults.min_detection_confidence)
+    parser.add_argument("--smoothing", type=float, default=defaults.smoothing, help="EMA strength in [0, 1), 0 = off")
+    parser.add_argument("--max-faces", type=int, default=defaults.max_faces)
+    parser.add_argument("--output-dir", type=Path, help="folder for recordings and snapshots")
+    parser.add_argument("--no-camera-probe", action="store_true", help="do not look for webcams at start-up")
+
+
+def settings_from_args(args: argparse.Namespace) -> GuiSettings:
+    return GuiSettings(
+        weights=args.weights,
+        backend=args.backend,
+        detector_range=args.detector_range,
+        min_detection_confidence=args.min_confidence,
+        smoothing=args.smoothing,
+        max_faces=args.max_faces,
+    ).validate()
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "gui",
+        help="open the live analysis window",
+        description="Open the PyQt6 window for live facial expression analysis of a webcam, video or image.",
+    )
+    add_gui_arguments(parser)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from leaf_fer.gui.app import launch
+
+    return launch(args)

@@ -1,0 +1,720 @@
+"""The main window: source picker, live view, selected-face panel, settings, readouts, recording and snapshots."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from PyQt6.QtCore import QStandardPaths, Qt, QTimer
+from PyQt6.QtGui import QAction, QCloseEvent, QKeySequence
+from PyQt6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QSlider,
+    QSpinBox,
+    QSplitter,
+    QToolBar,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from leaf_fer.gui.settings import BACKENDS
+from leaf_fer.gui.cameras import CameraProbe
+from leaf_fer.gui.widgets import HistoryPlot, MessageBanner, ProbabilityBars, VideoView
+from leaf_fer.gui.worker import (
+    FaceInfo,
+    FramePacket,
+    GuiSettings,
+    PipelineFactory,
+    PipelineWorker,
+    SourceFactory,
+    SourceSpec,
+    backend_label,
+    is_live,
+    is_still_image,
+    parse_source,
+)
+
+VIDEO_FILTER = "Videos (*.mp4 *.avi *.mov *.mkv *.webm *.m4v);;All files (*)"
+IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.bmp *.webp *.tif *.tiff);;All files (*)"
+MODEL_FILTER = "LEAF weights (*.safetensors);;All files (*)"
+HISTORY_SECONDS = 10.0
+STOP_GRACE_MS = 10000
+
+
+class MainWindow(QMainWindow):
+    """Live facial-expression analysis window; all heavy work happens in a :class:`PipelineWorker`."""
+
+    def __init__(
+        self,
+        settings: GuiSettings | None = None,
+        output_dir: Path | None = None,
+        probe_cameras_on_start: bool = True,
+        pace: bool = True,
+        pipeline_factory: PipelineFactory | None = None,
+        source_factory: SourceFactory | None = None,
+    ) -> None:
+        super().__init__()
+        self.setWindowTitle("leaf-fer — live facial expression analysis")
+        self.settings = settings or GuiSettings()
+        self.output_dir = Path(output_dir) if output_dir else default_output_dir()
+        self.pace = pace
+        self._pipeline_factory = pipeline_factory
+        self._source_factory = source_factory
+        self.worker: PipelineWorker | None = None
+        self._retired_worker: PipelineWorker | None = None
+        self._retired_probe: CameraProbe | None = None
+        self.last_packet: FramePacket | None = None
+        self.last_recording: tuple[Path, Path] | None = None
+        self.last_snapshot: Path | None = None
+        self.selected_track: int | None = None
+        self._source: SourceSpec | None = None
+        self._pending_start: SourceSpec | None = None
+        self._classes: tuple[str, ...] = ()
+        self._histories: dict[int, deque[tuple[float, tuple[float, ...]]]] = {}
+        self._closing = False
+        self._probe: CameraProbe | None = None
+        self._settings_timer = QTimer(self)
+        self._settings_timer.setSingleShot(True)
+        self._settings_timer.setInterval(300)
+        self._settings_timer.timeout.connect(self._apply_settings)
+        self._force_timer = QTimer(self)
+        self._force_timer.setSingleShot(True)
+        self._force_timer.setInterval(STOP_GRACE_MS)
+        self._force_timer.timeout.connect(self._force_close)
+        self._build_ui()
+        self._sync_settings_widgets()
+        self._update_buttons()
+        if probe_cameras_on_start:
+            self.refresh_cameras()
+
+    def _build_ui(self) -> None:
+        toolbar = QToolBar("Source")
+        toolbar.setMovable(False)
+        self.addToolBar(toolbar)
+        self.source_combo = QComboBox()
+        self.source_combo.setEditable(True)
+        self.source_combo.setMinimumContentsLength(22)
+        self.source_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.source_combo.setToolTip("Webcam index, video/image path or stream URL")
+        line_edit = self.source_combo.lineEdit()
+        if line_edit is not None:
+            line_edit.setPlaceholderText("camera index, file or URL")
+            line_edit.returnPressed.connect(self.start)
+        toolbar.addWidget(QLabel(" Source "))
+        toolbar.addWidget(self.source_combo)
+        self.refresh_action = self._action(toolbar, "⟳", self.refresh_cameras, tip="Look for webcams again")
+        self.open_video_action = self._action(toolbar, "Open video…", self.choose_video, QKeySequence.StandardKey.Open)
+        self.open_image_action = self._action(toolbar, "Open image…", self.choose_image, "Ctrl+I")
+        toolbar.addSeparator()
+        self.start_action = self._action(toolbar, "▶ Start", self.start, "Ctrl+Return")
+        self.pause_action = self._action(toolbar, "❚❚ Pause", None, "Space", checkable=True)
+        self.pause_action.toggled.connect(self.set_paused)
+        self.stop_action = self._action(toolbar, "■ Stop", self.stop, "Ctrl+.")
+        toolbar.addSeparator()
+        self.record_action = self._action(toolbar, "● Record", None, "Ctrl+R", checkable=True)
+        self.record_action.toggled.connect(self.set_recording)
+        self.snapshot_action = self._action(toolbar, "Snapshot", self.snapshot, "Ctrl+S")
+
+        self.banner = MessageBanner()
+        self.view = VideoView()
+        self.view.image_clicked.connect(self._select_at)
+
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(6, 6, 0, 6)
+        left_layout.addWidget(self.banner)
+        left_layout.addWidget(self.view, 1)
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(left)
+        splitter.addWidget(self._build_side_panel())
+        splitter.setStretchFactor(0, 1)
+        splitter.setStretchFactor(1, 0)
+        splitter.setCollapsible(0, False)
+        self.setCentralWidget(splitter)
+
+        status = self.statusBar()
+        assert status is not None
+        self.fps_label = QLabel("FPS: –")
+        self.latency_label = QLabel("Latency: –")
+        self.backend_label = QLabel("Backend: –")
+        self.faces_label = QLabel("Faces: 0")
+        self.recording_label = QLabel("")
+        self.recording_label.setStyleSheet("color:#c62828; font-weight:bold;")
+        for label in (self.recording_label, self.fps_label, self.latency_label, self.backend_label, self.faces_label):
+            label.setMinimumWidth(90)
+            status.addPermanentWidget(label)
+        self.resize(1180, 700)
+
+    def _build_side_panel(self) -> QWidget:
+        panel = QWidget()
+        panel.setMinimumWidth(290)
+        panel.setMaximumWidth(380)
+        layout = QVBoxLayout(panel)
+        layout.setContentsMargins(6, 6, 6, 6)
+
+        face_box = QGroupBox("Selected face")
+        face_layout = QVBoxLayout(face_box)
+        self.face_combo = QComboBox()
+        self.face_combo.setPlaceholderText("no face")
+        self.face_combo.activated.connect(self._face_combo_activated)
+        self.face_label = QLabel("–")
+        self.face_label.setStyleSheet("font-weight:bold;")
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Track"))
+        row.addWidget(self.face_combo, 1)
+        row.addWidget(self.face_label)
+        face_layout.addLayout(row)
+        self.bars = ProbabilityBars()
+        face_layout.addWidget(self.bars)
+        self.history = HistoryPlot(window_s=HISTORY_SECONDS)
+        face_layout.addWidget(self.history, 1)
+        layout.addWidget(face_box, 1)
+
+        settings_box = QGroupBox("Settings")
+        form = QFormLayout(settings_box)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.range_combo = QComboBox()
+        self.range_combo.addItem("short (≈2 m)", "short")
+        self.range_combo.addItem("full (≈5 m)", "full")
+        self.range_combo.currentIndexChanged.connect(self._settings_edited)
+        form.addRow("Detector", self.range_combo)
+
+        self.smoothing_slider = QSlider(Qt.Orientation.Horizontal)
+        self.smoothing_slider.setRange(0, 95)
+        self.smoothing_slider.setSingleStep(5)
+        self.smoothing_slider.setPageStep(10)
+        self.smoothing_value = QLabel()
+        self.smoothing_value.setMinimumWidth(30)
+        self.smoothing_slider.valueChanged.connect(self._smoothing_moved)
+        smoothing_row = QHBoxLayout()
+        smoothing_row.addWidget(self.smoothing_slider, 1)
+        smoothing_row.addWidget(self.smoothing_value)
+        form.addRow("Smoothing", smoothing_row)
+
+        self.confidence_spin = QDoubleSpinBox()
+        self.confidence_spin.setRange(0.05, 0.99)
+        self.confidence_spin.setSingleStep(0.05)
+        self.confidence_spin.setDecimals(2)
+        self.confidence_spin.valueChanged.connect(self._settings_edited)
+        form.addRow("Min confidence", self.confidence_spin)
+
+        self.max_faces_spin = QSpinBox()
+        self.max_faces_spin.setRange(1, 16)
+        self.max_faces_spin.valueChanged.connect(self._settings_edited)
+        form.addRow("Max faces", self.max_faces_spin)
+
+        self.backend_combo = QComboBox()
+        for name in BACKENDS:
+            self.backend_combo.addItem("auto (best available)" if name == "auto" else backend_label(name), name)
+        self.backend_combo.currentIndexChanged.connect(self._settings_edited)
+        form.addRow("Backend", self.backend_combo)
+
+        self.model_edit = QLineEdit()
+        self.model_edit.setPlaceholderText("bundled default weights")
+        self.model_edit.editingFinished.connect(self._settings_edited)
+        model_button = QToolButton()
+        model_button.setText("…")
+        model_button.setToolTip("Choose a weights file")
+        model_button.clicked.connect(self.choose_model)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_edit, 1)
+        model_row.addWidget(model_button)
+        form.addRow("Model", model_row)
+
+        self.output_edit = QLineEdit(str(self.output_dir))
+        self.output_edit.editingFinished.connect(self._output_edited)
+        output_button = QToolButton()
+        output_button.setText("…")
+        output_button.setToolTip("Folder for recordings and snapshots")
+        output_button.clicked.connect(self.choose_output_dir)
+        output_row = QHBoxLayout()
+        output_row.addWidget(self.output_edit, 1)
+        output_row.addWidget(output_button)
+        form.addRow("Save to", output_row)
+        layout.addWidget(settings_box)
+        return panel
+
+    def _action(
+        self,
+        toolbar: QToolBar,
+        text: str,
+        slot: Callable[[], object] | None,
+        shortcut: QKeySequence.StandardKey | str | None = None,
+        checkable: bool = False,
+        tip: str | None = None,
+    ) -> QAction:
+        action = QAction(text, self)
+        action.setCheckable(checkable)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        if tip:
+            action.setToolTip(tip)
+        if slot is not None:
+            action.triggered.connect(lambda _checked=False, fn=slot: fn())
+        toolbar.addAction(action)
+        return action
+
+    def _status(self, text: str, timeout_ms: int = 3000) -> None:
+        bar = self.statusBar()
+        if bar is not None:
+            bar.showMessage(text, timeout_ms)
+
+    def show_error(self, text: str) -> None:
+        self.banner.show_message("error", text)
+
+    def show_info(self, text: str) -> None:
+        self.banner.show_message("info", text)
+
+    def message_text(self) -> str:
+        """The text of the in-window message banner ('' when none is shown)."""
+        return self.banner.text() if self.banner.isVisible() or self.banner.kind else ""
+
+    def is_running(self) -> bool:
+        return self.worker is not None
+
+    def refresh_cameras(self) -> None:
+        """Probe webcams in the background; the combo keeps any text the user typed."""
+        if self._probe is not None:
+            return
+        if self.worker is not None and self._source is not None and is_live(self._source):
+            self._status("Stop the webcam before looking for others.")
+            return
+        self._probe = CameraProbe()
+        self._probe.found.connect(self._cameras_found)
+        self._probe.finished.connect(self._probe_finished)
+        self._status("Looking for webcams…", 3000)
+        self._probe.start()
+
+    def _cameras_found(self, indices: list[int]) -> None:
+        combo = self.source_combo
+        typed = combo.currentText()
+        current = combo.currentIndex()
+        selected = combo.itemData(current) if current >= 0 and combo.itemText(current) == typed else None
+        files = [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count()) if isinstance(combo.itemData(i), str)]
+        combo.clear()
+        for index in indices:
+            combo.addItem(f"Camera {index}", index)
+        for text, data in files:
+            combo.addItem(text, data)
+            combo.setItemData(combo.count() - 1, data, Qt.ItemDataRole.ToolTipRole)
+        if selected is not None and combo.findData(selected) >= 0:
+            combo.setCurrentIndex(combo.findData(selected))
+        elif typed:
+            combo.setEditText(typed)
+        if not indices:
+            self._status("No webcam found — open a video or an image file.", 8000)
+            if combo.count() == 0 and self.view.image() is None and not self.is_running():
+                self.view.set_message("No webcam found — open a video or an image file")
+
+    def _probe_finished(self) -> None:
+        if self._probe is not None:
+            self._probe.wait(2000)
+            self._retired_probe = self._probe
+        self._probe = None
+        if self._closing:
+            self.close()
+        elif self._pending_start is not None and self.worker is None:
+            spec, self._pending_start = self._pending_start, None
+            self._launch(spec)
+
+    def current_source(self) -> SourceSpec | None:
+        """The source the combo designates: a selected item's data, or the typed text parsed."""
+        text = self.source_combo.currentText().strip()
+        index = self.source_combo.currentIndex()
+        if index >= 0 and self.source_combo.itemText(index) == text:
+            data = self.source_combo.itemData(index)
+            if isinstance(data, (int, str)):
+                return data
+        if not text:
+            return None
+        if text.lower().startswith("camera ") and text[7:].strip().isdigit():
+            return int(text[7:].strip())
+        return parse_source(text)
+
+    def choose_video(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open video", str(Path.home()), VIDEO_FILTER)
+        if path:
+            self.open_file(path)
+
+    def choose_image(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open image", str(Path.home()), IMAGE_FILTER)
+        if path:
+            self.open_file(path)
+
+    def open_file(self, path: str | os.PathLike[str]) -> None:
+        """Select a video or image file as the source and start it."""
+        text = str(path)
+        existing = self.source_combo.findData(text)
+        if existing < 0:
+            self.source_combo.addItem(Path(text).name, text)
+            existing = self.source_combo.count() - 1
+            self.source_combo.setItemData(existing, text, Qt.ItemDataRole.ToolTipRole)
+        self.source_combo.setCurrentIndex(existing)
+        self.start_source(text)
+
+    def choose_model(self) -> None:
+        start = self.model_edit.text() or str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(self, "Choose model weights", start, MODEL_FILTER)
+        if path:
+            self.model_edit.setText(path)
+            self._settings_edited()
+
+    def choose_output_dir(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Save recordings and snapshots to", str(self.output_dir))
+        if path:
+            self.output_edit.setText(path)
+            self._output_edited()
+
+    def _output_edited(self) -> None:
+        text = self.output_edit.text().strip()
+        if text:
+            self.output_dir = Path(text).expanduser()
+
+    def start(self) -> None:
+        """Start (or restart) the source shown in the source box."""
+        spec = self.current_source()
+        if spec is None:
+            self.show_error("Choose a source first: a webcam, a video file or an image.")
+            return
+        self.start_source(spec)
+
+    def start_source(self, spec: SourceSpec) -> None:
+        """Run ``spec``; a running worker is stopped first, and a webcam waits for a running webcam probe."""
+        if self._closing:
+            return
+        if self.worker is not None:
+            self._pending_start = spec
+            self.worker.request_stop()
+            return
+        if self._probe is not None and is_live(spec):
+            self._pending_start = spec
+            self.view.set_message("Waiting for the webcam search to finish…")
+            return
+        self._launch(spec)
+
+    def _launch(self, spec: SourceSpec) -> None:
+        self.banner.dismiss()
+        self._source = spec
+        self._histories.clear()
+        self.history.clear()
+        self.selected_track = None
+        self.view.set_message("Starting…")
+        worker = PipelineWorker(
+            spec,
+            self._read_settings(),
+            pipeline_factory=self._pipeline_factory,
+            source_factory=self._source_factory,
+            pace=self.pace,
+        )
+        worker.frame_ready.connect(self._on_frame)
+        worker.error.connect(self._on_worker_error)
+        worker.source_ended.connect(self._on_source_ended)
+        worker.pipeline_ready.connect(self._on_pipeline_ready)
+        worker.recording_started.connect(self._on_recording_started)
+        worker.recording_finished.connect(self._on_recording_finished)
+        worker.finished.connect(self._on_worker_finished)
+        self.worker = worker
+        self.pause_action.setChecked(False)
+        worker.start()
+        if self.record_action.isChecked():
+            self._begin_recording()
+        self._update_buttons()
+        self._status(f"Running {spec}", 4000)
+
+    def set_paused(self, paused: bool) -> None:
+        if self.worker is not None:
+            self.worker.set_paused(paused)
+            self._status("Paused" if paused else "Running", 2000)
+        elif paused:
+            self.pause_action.setChecked(False)
+
+    def stop(self) -> None:
+        self._pending_start = None
+        if self.worker is not None:
+            self.worker.request_stop()
+
+    def set_recording(self, on: bool) -> None:
+        """Start or finish recording the annotated stream (video + CSV) into the output folder."""
+        if not on:
+            if self.worker is not None:
+                self.worker.stop_recording()
+            return
+        if self.worker is None:
+            self.show_error("Start a source before recording.")
+            self.record_action.setChecked(False)
+            return
+        self._begin_recording()
+
+    def _begin_recording(self) -> None:
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.show_error(f"Cannot create the output folder {self.output_dir}: {exc}")
+            self.record_action.setChecked(False)
+            return
+        stem = self.output_dir / f"leaf-fer_{time.strftime('%Y%m%d-%H%M%S')}"
+        assert self.worker is not None
+        self.worker.start_recording(stem.with_suffix(".mp4"), stem.with_suffix(".csv"))
+
+    def snapshot(self) -> Path | None:
+        """Save the frame on screen (with its overlay) as a PNG in the output folder."""
+        image = self.view.image()
+        if image is None or image.isNull():
+            self.show_error("Nothing to snapshot yet.")
+            return None
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.show_error(f"Cannot create the output folder {self.output_dir}: {exc}")
+            return None
+        millis = int(time.time() * 1000) % 1000
+        path = self.output_dir / f"leaf-fer_{time.strftime('%Y%m%d-%H%M%S')}-{millis:03d}.png"
+        if not image.save(str(path), "PNG"):
+            self.show_error(f"Could not write {path}.")
+            return None
+        self.last_snapshot = path
+        self.show_info(f"Snapshot saved: {path}")
+        return path
+
+    def _read_settings(self) -> GuiSettings:
+        model = self.model_edit.text().strip()
+        return GuiSettings(
+            weights=model or None,
+            backend=str(self.backend_combo.currentData()),
+            detector_range=str(self.range_combo.currentData()),
+            min_detection_confidence=round(self.confidence_spin.value(), 2),
+            smoothing=self.smoothing_slider.value() / 100.0,
+            max_faces=self.max_faces_spin.value(),
+        )
+
+    def _sync_settings_widgets(self) -> None:
+        s = self.settings
+        widgets = (self.range_combo, self.smoothing_slider, self.confidence_spin, self.max_faces_spin, self.backend_combo)
+        for widget in widgets:
+            widget.blockSignals(True)
+        self.range_combo.setCurrentIndex(max(0, self.range_combo.findData(s.detector_range)))
+        self.smoothing_slider.setValue(int(round(s.smoothing * 100)))
+        self.smoothing_value.setText(f"{s.smoothing:.2f}")
+        self.confidence_spin.setValue(s.min_detection_confidence)
+        self.max_faces_spin.setValue(s.max_faces)
+        self.backend_combo.setCurrentIndex(max(0, self.backend_combo.findData(s.backend)))
+        self.model_edit.setText(s.weights or "")
+        for widget in widgets:
+            widget.blockSignals(False)
+
+    def _smoothing_moved(self, value: int) -> None:
+        self.smoothing_value.setText(f"{value / 100:.2f}")
+        self._settings_edited()
+
+    def _settings_edited(self) -> None:
+        self._settings_timer.start()
+
+    def apply_settings_now(self) -> None:
+        """Apply pending settings edits immediately instead of after the debounce delay."""
+        self._settings_timer.stop()
+        self._apply_settings()
+
+    def _apply_settings(self) -> None:
+        new = self._read_settings()
+        if new == self.settings:
+            return
+        self.settings = new
+        if self.worker is not None:
+            self.worker.update_settings(new)
+            self._status("Applying settings…", 2000)
+        elif self._source is not None and is_still_image(self._source):
+            self.start_source(self._source)
+
+    def _on_pipeline_ready(self, backend: str, classes: tuple[str, ...]) -> None:
+        if self.sender() is not self.worker:
+            return
+        self.backend_label.setText(f"Backend: {backend_label(backend)}")
+        self._histories.clear()
+        self.history.clear()
+        self.selected_track = None
+        if classes != self._classes:
+            self._classes = tuple(classes)
+            self.bars.set_classes(self._classes)
+            self.history.set_classes(self._classes)
+
+    def _is_sender(self, worker: PipelineWorker) -> bool:
+        """Whether the signal being handled comes from ``worker`` (late signals of replaced workers are ignored)."""
+        return self.sender() is worker
+
+    def _on_frame(self, packet: FramePacket) -> None:
+        worker = self.worker
+        if worker is None or not self._is_sender(worker):
+            return
+        try:
+            self._show_packet(packet)
+        finally:
+            worker.frame_consumed()
+
+    def _show_packet(self, packet: FramePacket) -> None:
+        self.last_packet = packet
+        self.view.set_image(packet.image)
+        for face in packet.faces:
+            history = self._histories.setdefault(face.track_id, deque(maxlen=int(HISTORY_SECONDS * 60)))
+            history.append((packet.timestamp_s, face.probabilities))
+        present = {face.track_id for face in packet.faces}
+        for track_id in [t for t in self._histories if t not in present]:
+            last_t = self._histories[track_id][-1][0] if self._histories[track_id] else 0.0
+            if packet.timestamp_s - last_t > HISTORY_SECONDS or packet.timestamp_s < last_t:
+                del self._histories[track_id]
+        self._update_face_combo(packet.faces)
+        if self.selected_track not in present and packet.faces:
+            self._select_track(min(present))
+        else:
+            self._show_selected(packet)
+        self.fps_label.setText(f"FPS: {packet.fps:.1f}")
+        self.latency_label.setText(f"Latency: {packet.latency_ms:.1f} ms")
+        self.latency_label.setToolTip("\n".join(f"{k}: {v:.1f} ms" for k, v in packet.stage_ms.items()))
+        self.backend_label.setText(f"Backend: {backend_label(packet.backend)}")
+        self.faces_label.setText(f"Faces: {len(packet.faces)}")
+
+    def _update_face_combo(self, faces: tuple[FaceInfo, ...]) -> None:
+        ids = sorted(face.track_id for face in faces)
+        current = [self.face_combo.itemData(i) for i in range(self.face_combo.count())]
+        if ids != current:
+            self.face_combo.blockSignals(True)
+            self.face_combo.clear()
+            for track_id in ids:
+                self.face_combo.addItem(f"#{track_id}", track_id)
+            self.face_combo.blockSignals(False)
+        index = self.face_combo.findData(self.selected_track)
+        if index != self.face_combo.currentIndex():
+            self.face_combo.setCurrentIndex(index)
+
+    def _show_selected(self, packet: FramePacket, append: bool = True) -> None:
+        face = next((f for f in packet.faces if f.track_id == self.selected_track), None)
+        self.bars.set_values(face.probabilities if face else None)
+        self.face_label.setText(face.label if face else "–")
+        self.view.set_highlight(face.box if face is not None and len(packet.faces) > 1 else None)
+        if face is not None and append:
+            self.history.append(packet.timestamp_s, face.probabilities)
+
+    def _select_track(self, track_id: int) -> None:
+        """Make ``track_id`` the selected face and show its history so far."""
+        self.selected_track = track_id
+        self.history.set_history(list(self._histories.get(track_id, ())))
+        index = self.face_combo.findData(track_id)
+        if index >= 0:
+            self.face_combo.setCurrentIndex(index)
+        if self.last_packet is not None:
+            self._show_selected(self.last_packet, append=False)
+
+    def _face_combo_activated(self, index: int) -> None:
+        track_id = self.face_combo.itemData(index)
+        if isinstance(track_id, int):
+            self._select_track(track_id)
+
+    def _select_at(self, x: float, y: float) -> None:
+        """Select the face whose box contains the clicked image point (the smallest, if boxes overlap)."""
+        if self.last_packet is None:
+            return
+        hits = [f for f in self.last_packet.faces if f.box[0] <= x <= f.box[2] and f.box[1] <= y <= f.box[3]]
+        if hits:
+            face = min(hits, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+            self._select_track(face.track_id)
+
+    def _on_worker_error(self, text: str) -> None:
+        self.show_error(text)
+
+    def _on_source_ended(self, text: str) -> None:
+        if not (self.banner.kind == "error" and self.banner.isVisible()):
+            self.show_info(text)
+
+    def _on_recording_started(self, video: str, csv: str) -> None:
+        self.recording_label.setText("● REC")
+        self._status(f"Recording to {video}", 4000)
+
+    def _on_recording_finished(self, video: str, csv: str) -> None:
+        self.last_recording = (Path(video), Path(csv))
+        self.recording_label.setText("")
+        self.record_action.blockSignals(True)
+        self.record_action.setChecked(False)
+        self.record_action.blockSignals(False)
+        if not (self.banner.kind == "error" and self.banner.isVisible()):
+            self.show_info(f"Recording saved: {video} and {Path(csv).name}")
+
+    def _on_worker_finished(self) -> None:
+        """Reset the controls; the finished worker is kept (not deleted) until the next one finishes."""
+        worker = self.worker
+        if worker is None or not self._is_sender(worker):
+            return
+        worker.wait(2000)
+        self._retired_worker = worker
+        self.worker = None
+        self.recording_label.setText("")
+        self.record_action.blockSignals(True)
+        self.record_action.setChecked(False)
+        self.record_action.blockSignals(False)
+        self.pause_action.blockSignals(True)
+        self.pause_action.setChecked(False)
+        self.pause_action.blockSignals(False)
+        self.fps_label.setText("FPS: –")
+        if self.view.image() is None:
+            self.view.set_message("Stopped")
+        self._update_buttons()
+        if self._closing:
+            self.close()
+            return
+        if self._pending_start is not None:
+            spec, self._pending_start = self._pending_start, None
+            self.start_source(spec)
+
+    def _update_buttons(self) -> None:
+        running = self.worker is not None
+        self.pause_action.setEnabled(running)
+        self.stop_action.setEnabled(running)
+        self.record_action.setEnabled(running)
+        self.refresh_action.setEnabled(not (running and self._source is not None and is_live(self._source)))
+        self.start_action.setText("⟲ Restart" if running else "▶ Start")
+
+    def closeEvent(self, event: QCloseEvent | None) -> None:
+        """Stop the worker first (it releases the camera and finalises recordings); close once it has finished."""
+        if event is None:
+            return
+        self._settings_timer.stop()
+        if self.worker is None and self._probe is None:
+            self._force_timer.stop()
+            event.accept()
+            return
+        if not self._closing:
+            self._closing = True
+            self._pending_start = None
+            if self.worker is not None:
+                self.worker.request_stop()
+            self.view.set_message("Stopping…")
+            self._force_timer.start()
+        event.ignore()
+
+    def _force_close(self) -> None:
+        """Last resort if a thread ignores the stop request for STOP_GRACE_MS: end it and close anyway."""
+        for thread in (self.worker, self._probe):
+            if thread is not None and not thread.wait(2000):
+                thread.terminate()
+                thread.wait(2000)
+        self.worker = None
+        self._probe = None
+        self.close()
+
+
+def default_output_dir() -> Path:
+    """Recordings and snapshots go to <Movies or home>/leaf-fer by default."""
+    movies = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.MoviesLocation)
+    base = Path(movies) if movies else Path.home()
+    return base / "leaf-fer"

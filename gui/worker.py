@@ -1,0 +1,481 @@
+"""Background worker: owns the source, the realtime pipeline and the recording writers, off the UI thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PyQt6.QtCore import QThread, pyqtSignal
+from PyQt6.QtGui import QImage
+
+from leaf_fer.gui.settings import GuiSettings
+from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
+from leaf_fer.realtime.sources import IMAGE_EXTENSIONS, STREAM_SCHEMES, SourceError, open_source
+from leaf_fer.realtime.types import Frame, FrameResult
+from leaf_fer.realtime.writers import CsvWriter, VideoWriter
+
+SourceSpec = int | str
+BACKEND_LABELS = {"tensorrt": "TensorRT", "onnxruntime": "ONNX Runtime", "onnx": "ONNX Runtime", "torch": "torch"}
+
+
+@dataclass(frozen=True)
+class FaceInfo:
+    """Plain-data copy of one tracked face for the UI thread."""
+
+    track_id: int
+    box: tuple[float, float, float, float]
+    score: float
+    probabilities: tuple[float, ...]
+    label: str
+
+
+@dataclass(frozen=True)
+class FramePacket:
+    """What the UI receives per shown frame: an owned QImage of the annotated frame plus readouts."""
+
+    index: int
+    timestamp_s: float
+    image: QImage
+    faces: tuple[FaceInfo, ...]
+    classes: tuple[str, ...]
+    latency_ms: float
+    fps: float
+    backend: str
+    dropped: int
+    stage_ms: dict[str, float] = field(default_factory=dict)
+
+
+class PipelineLike(Protocol):
+    """What the worker needs of a pipeline (the realtime ``Pipeline``, or a substitute in tests)."""
+
+    @property
+    def backend_name(self) -> str: ...
+
+    @property
+    def classes(self) -> tuple[str, ...]: ...
+
+    def process(self, frame: Frame) -> FrameResult: ...
+
+    def close(self) -> None: ...
+
+
+class RecorderLike(Protocol):
+    """What the worker needs of a recorder: frame-by-frame writes and a final ``close``."""
+
+    @property
+    def video_path(self) -> Path: ...
+
+    @property
+    def csv_path(self) -> Path: ...
+
+    def write(self, result: FrameResult, image: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+PipelineFactory = Callable[[GuiSettings], PipelineLike]
+SourceFactory = Callable[[SourceSpec], Iterable[Frame]]
+RecorderFactory = Callable[[Path, Path, float, tuple[str, ...]], RecorderLike]
+
+
+def backend_label(name: str) -> str:
+    """Human name of a backend id such as ``onnxruntime`` or ``tensorrt-fp16``."""
+    key = name.lower()
+    for prefix, label in BACKEND_LABELS.items():
+        if key.startswith(prefix):
+            return label + name[len(prefix):]
+    return name
+
+
+def parse_source(text: str) -> SourceSpec:
+    """A webcam index for digit strings, otherwise the text itself (path or URL)."""
+    text = text.strip()
+    return int(text) if text.isdigit() else text
+
+
+def is_live(spec: SourceSpec) -> bool:
+    """Webcam indices and stream URLs (frames arrive in real time; no pacing)."""
+    text = str(spec).strip().lower()
+    return isinstance(spec, int) or text.isdigit() or text.startswith(STREAM_SCHEMES)
+
+
+def is_still_image(spec: SourceSpec) -> bool:
+    return isinstance(spec, str) and Path(spec).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def bgr_to_qimage(image: np.ndarray) -> QImage:
+    """Deep-copied QImage of a BGR (or grey) uint8 array, safe to hand to another thread."""
+    array = np.ascontiguousarray(image)
+    h, w = array.shape[:2]
+    fmt = QImage.Format.Format_Grayscale8 if array.ndim == 2 else QImage.Format.Format_BGR888
+    return QImage(array.tobytes(), w, h, array.strides[0], fmt).copy()
+
+
+def face_infos(result: FrameResult) -> tuple[FaceInfo, ...]:
+    """Plain-data copies of the result's faces, labelled from the smoothed probabilities."""
+    infos = []
+    for face in result.faces:
+        probs = np.asarray(face.smoothed, dtype=np.float64)
+        label_index = int(np.argmax(probs)) if probs.size else -1
+        label = result.classes[label_index] if 0 <= label_index < len(result.classes) else ""
+        x1, y1, x2, y2 = (float(v) for v in face.detection.box)
+        infos.append(
+            FaceInfo(
+                track_id=int(face.track_id),
+                box=(x1, y1, x2, y2),
+                score=float(face.detection.score),
+                probabilities=tuple(float(p) for p in probs),
+                label=label,
+            )
+        )
+    return tuple(infos)
+
+
+class PipelineWorker(QThread):
+    """Runs source → pipeline → (recorder) in its own thread and emits one packet per frame the UI can take.
+
+    Control methods are thread-safe and never block: they set flags the loop reads between frames. A frame that
+    finishes while the UI has not yet consumed the previous packet is not emitted (it is still recorded).
+    """
+
+    frame_ready = pyqtSignal(object)
+    error = pyqtSignal(str)
+    pipeline_ready = pyqtSignal(str, object)
+    recording_started = pyqtSignal(str, str)
+    recording_finished = pyqtSignal(str, str)
+    source_ended = pyqtSignal(str)
+
+    def __init__(
+        self,
+        source: SourceSpec,
+        settings: GuiSettings,
+        *,
+        pipeline_factory: PipelineFactory | None = None,
+        source_factory: SourceFactory | None = None,
+        recorder_factory: RecorderFactory | None = None,
+        pace: bool = True,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.settings = settings
+        self._pipeline_factory = pipeline_factory or default_pipeline_factory
+        self._source_factory = source_factory or default_source_factory
+        self._recorder_factory = recorder_factory or default_recorder_factory
+        self._pace = pace and not is_live(source)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._ui_busy = threading.Event()
+        self._pending_settings: GuiSettings | None = None
+        self._pending_record: tuple[Path, Path] | None = None
+        self._stop_record = False
+        self._source_obj: object = None
+        self.frames_processed = 0
+        self.frames_dropped = 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._paused.clear()
+
+    def set_paused(self, paused: bool) -> None:
+        if paused:
+            self._paused.set()
+        else:
+            self._paused.clear()
+
+    def is_paused(self) -> bool:
+        return self._paused.is_set()
+
+    def update_settings(self, settings: GuiSettings) -> None:
+        """Rebuild the pipeline with ``settings`` before the next frame; the source stays open."""
+        with self._lock:
+            self._pending_settings = settings
+
+    def start_recording(self, video_path: Path, csv_path: Path) -> None:
+        with self._lock:
+            self._pending_record = (Path(video_path), Path(csv_path))
+            self._stop_record = False
+
+    def stop_recording(self) -> None:
+        with self._lock:
+            self._pending_record = None
+            self._stop_record = True
+
+    def frame_consumed(self) -> None:
+        """Called by the UI once it has shown a packet; lets the next frame through."""
+        self._ui_busy.clear()
+
+    def run(self) -> None:
+        pipeline: PipelineLike | None = None
+        source: Iterable[Frame] | None = None
+        recorder: RecorderLike | None = None
+        try:
+            pipeline = self._build(self.settings)
+            if pipeline is None:
+                return
+            source = self._open_source()
+            if source is None:
+                return
+            recorder = self._loop(pipeline, source)
+        finally:
+            self._finish_recording(recorder)
+            _close_quietly(source)
+            _close_quietly(pipeline)
+
+    def _build(self, settings: GuiSettings) -> PipelineLike | None:
+        try:
+            pipeline = self._pipeline_factory(settings)
+        except Exception as exc:  # noqa: BLE001 - any backend/model failure becomes a message, not a crash
+            self.error.emit(f"Could not start the pipeline: {exc}")
+            return None
+        self.pipeline_ready.emit(pipeline.backend_name, tuple(pipeline.classes))
+        return pipeline
+
+    def _open_source(self) -> Iterable[Frame] | None:
+        try:
+            source = self._source_factory(self.source)
+        except Exception as exc:  # noqa: BLE001
+            self.error.emit(_source_message(self.source, exc))
+            return None
+        self._source_obj = source
+        return source
+
+    def _loop(self, pipeline: PipelineLike, source: Iterable[Frame]) -> RecorderLike | None:
+        recorder: RecorderLike | None = None
+        frames: Iterator[Frame] = iter(source)
+        fps = 0.0
+        last_done: float | None = None
+        pace_origin: tuple[float, float] | None = None
+        while not self._stop.is_set():
+            if self._paused.is_set():
+                time.sleep(0.03)
+                pace_origin = None
+                last_done = None
+                pipeline = self._apply_settings(pipeline)
+                continue
+            try:
+                frame = next(frames)
+            except StopIteration:
+                self.source_ended.emit(self._end_message())
+                break
+            except Exception as exc:  # noqa: BLE001 - a camera unplugged mid-stream, a corrupt file
+                self.error.emit(_source_message(self.source, exc))
+                break
+            if self._stop.is_set():
+                break
+            pipeline = self._apply_settings(pipeline)
+            try:
+                result = pipeline.process(frame)
+            except Exception as exc:  # noqa: BLE001
+                self.error.emit(f"Processing failed on frame {frame.index}: {exc}")
+                break
+            image = result.annotated if result.annotated is not None else frame.image
+            recorder = self._update_recording(recorder, result, fps)
+            if recorder is not None:
+                try:
+                    recorder.write(result, image)
+                except Exception as exc:  # noqa: BLE001 - disk full, codec failure
+                    self.error.emit(f"Recording stopped: {exc}")
+                    self._finish_recording(recorder)
+                    recorder = None
+            self.frames_processed += 1
+            now = time.perf_counter()
+            if last_done is not None and now > last_done:
+                rate = 1.0 / (now - last_done)
+                fps = rate if fps == 0.0 else 0.9 * fps + 0.1 * rate
+            last_done = now
+            if self._pace:
+                pace_origin = self._wait_for_timestamp(frame.timestamp_s, pace_origin)
+            if self._ui_busy.is_set():
+                self.frames_dropped += 1
+                continue
+            self._ui_busy.set()
+            self.frame_ready.emit(self._packet(result, image, fps, pipeline.backend_name))
+        return recorder
+
+    def _wait_for_timestamp(self, timestamp_s: float, origin: tuple[float, float] | None) -> tuple[float, float]:
+        """Hold a file's frames to their own timeline so video plays at its recorded speed, not faster."""
+        now = time.perf_counter()
+        if origin is None:
+            return now, timestamp_s
+        delay = (timestamp_s - origin[1]) - (now - origin[0])
+        if delay > 1.0:
+            return now, timestamp_s
+        while delay > 0 and not self._stop.is_set():
+            time.sleep(min(delay, 0.05))
+            delay = (timestamp_s - origin[1]) - (time.perf_counter() - origin[0])
+        return origin
+
+    def _apply_settings(self, pipeline: PipelineLike) -> PipelineLike:
+        with self._lock:
+            settings, self._pending_settings = self._pending_settings, None
+        if settings is None:
+            return pipeline
+        try:
+            rebuilt = self._pipeline_factory(settings)
+        except Exception as exc:  # noqa: BLE001
+            self.error.emit(f"Settings not applied, keeping the previous pipeline: {exc}")
+            return pipeline
+        _close_quietly(pipeline)
+        self.settings = settings
+        self.pipeline_ready.emit(rebuilt.backend_name, tuple(rebuilt.classes))
+        return rebuilt
+
+    def _update_recording(self, recorder: RecorderLike | None, result: FrameResult, fps: float) -> RecorderLike | None:
+        with self._lock:
+            target, self._pending_record = self._pending_record, None
+            stop, self._stop_record = self._stop_record, False
+        if (stop or target is not None) and recorder is not None:
+            self._finish_recording(recorder)
+            recorder = None
+        if target is None:
+            return recorder
+        rate = self._recording_fps(fps)
+        try:
+            recorder = self._recorder_factory(target[0], target[1], rate, tuple(result.classes))
+        except Exception as exc:  # noqa: BLE001
+            self.error.emit(f"Could not start recording: {exc}")
+            return None
+        self.recording_started.emit(str(recorder.video_path), str(recorder.csv_path))
+        return recorder
+
+    def _recording_fps(self, measured: float) -> float:
+        """The source's own frame rate for files; the measured processing rate for live sources."""
+        native = getattr(self._source_obj, "fps", 0.0)
+        if not is_live(self.source) and isinstance(native, (int, float)) and native > 0:
+            return float(native)
+        return float(min(60.0, max(1.0, round(measured, 1)))) if measured > 0 else 15.0
+
+    def _finish_recording(self, recorder: RecorderLike | None) -> None:
+        if recorder is None:
+            return
+        try:
+            recorder.close()
+        except Exception as exc:  # noqa: BLE001
+            self.error.emit(f"Could not finish the recording: {exc}")
+            return
+        self.recording_finished.emit(str(recorder.video_path), str(recorder.csv_path))
+
+    def _packet(self, result: FrameResult, image: np.ndarray, fps: float, backend: str) -> FramePacket:
+        timings = result.timings
+        stages = {
+            "decode": timings.decode_ms,
+            "detect": timings.detect_ms,
+            "track+align": timings.track_align_ms,
+            "infer": timings.infer_ms,
+            "smooth": timings.smooth_ms,
+            "draw": timings.draw_ms,
+        }
+        return FramePacket(
+            index=result.frame.index,
+            timestamp_s=result.frame.timestamp_s,
+            image=bgr_to_qimage(image),
+            faces=face_infos(result),
+            classes=tuple(result.classes),
+            latency_ms=float(result.latency_ms or timings.total_ms),
+            fps=fps,
+            backend=backend,
+            dropped=self.frames_dropped,
+            stage_ms=stages,
+        )
+
+    def _end_message(self) -> str:
+        if is_live(self.source):
+            return f"Camera {self.source} stopped delivering frames (unplugged or taken by another program)."
+        path = Path(str(self.source))
+        if is_still_image(self.source):
+            return f"Analysed image {path.name}."
+        if path.is_dir():
+            return f"Analysed every image in {path.name}/."
+        return f"End of video {path.name}."
+
+
+def _source_message(spec: SourceSpec, exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, SourceError):
+        return text[:1].upper() + text[1:]
+    if isinstance(spec, int):
+        return f"Camera {spec}: {text}"
+    return f"Source {spec}: {text}"
+
+
+def _close_quietly(obj: Any) -> None:
+    close = getattr(obj, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - closing is best effort during shutdown
+            pass
+
+
+class Recorder:
+    """The annotated stream as a video plus the per-face CSV of ``leaf-fer annotate``, both finalised atomically."""
+
+    def __init__(self, video_path: Path, csv_path: Path, fps: float, classes: tuple[str, ...]) -> None:
+        self.video = VideoWriter(video_path, fps)
+        try:
+            self.csv = CsvWriter(csv_path, classes)
+        except BaseException:
+            self.video.abort()
+            raise
+
+    @property
+    def video_path(self) -> Path:
+        return self.video.path
+
+    @property
+    def csv_path(self) -> Path:
+        return self.csv.path
+
+    def write(self, result: FrameResult, image: np.ndarray) -> None:
+        self.video.write(image)
+        self.csv.write(result)
+
+    def close(self) -> None:
+        try:
+            self.video.close()
+        except BaseException:
+            self.csv.abort()
+            raise
+        self.csv.close()
+
+
+def default_pipeline_factory(settings: GuiSettings) -> PipelineLike:
+    """The realtime pipeline for ``settings``; the window shows FPS/latency itself, so the frame HUD is off."""
+    config = PipelineConfig(
+        weights=settings.weights,
+        backend=settings.backend,
+        detector_range=settings.detector_range,
+        min_detection_confidence=settings.min_detection_confidence,
+        smoothing_alpha=settings.smoothing,
+        max_faces=settings.max_faces,
+        draw_hud=False,
+    )
+    return Pipeline(config)
+
+
+def default_source_factory(spec: SourceSpec) -> Iterable[Frame]:
+    return open_source(spec)
+
+
+def default_recorder_factory(video: Path, csv: Path, fps: float, classes: tuple[str, ...]) -> RecorderLike:
+    return Recorder(video, csv, fps, classes)
+
+
+__all__ = [
+    "FaceInfo",
+    "FramePacket",
+    "GuiSettings",
+    "PipelineWorker",
+    "Recorder",
+    "backend_label",
+    "bgr_to_qimage",
+    "is_live",
+    "is_still_image",
+    "parse_source",
+]

@@ -1,0 +1,93 @@
+"""Face alignment: one similarity warp per face from the eye keypoints straight to the model's FER2013-like crop.
+
+The geometry constants are FER2013's own, measured with the shipped full-range detector on 625 PublicTest faces
+(each 48x48 face upscaled 2x onto a padded canvas, keypoints mapped back; medians): the eye midpoint sits at
+(24.2, 18.5) px = (0.50, 0.385) of the crop, the eyes are 17.3 px = 0.36 of the crop apart, the mouth is 18.3 px =
+0.38 of the crop below the eye midpoint, and the detector's box is 42.5 px = 0.885 of the crop wide, centred at
+y = 25.3 px = 0.526. A crop made with these numbers frames a live face the way FER2013 framed its faces.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from .types import Detection
+
+EYE_CENTER = (0.5, 0.385)
+"""Where the midpoint between the eyes lands, as fractions of the crop's width and height."""
+EYE_DISTANCE = 0.36
+"""Inter-ocular distance as a fraction of the crop width."""
+EYE_MOUTH_DISTANCE = 0.38
+"""Eye-midpoint-to-mouth distance as a fraction of the crop height."""
+BOX_WIDTH = 0.885
+"""Detector box width as a fraction of the crop (fallback when keypoints are unusable)."""
+BOX_CENTER_Y = 0.526
+"""Detector box centre height as a fraction of the crop (fallback)."""
+MIN_KEYPOINT_SPAN_PX = 2.0
+
+
+def alignment_matrix(detection: Detection, size: int) -> np.ndarray:
+    """2x3 affine matrix mapping frame pixels to a ``size`` x ``size`` crop of the face.
+
+    Rotation levels the eyes (the mouth decides which way is down, so upside-down or mirrored keypoints still give
+    an upright crop). Scale uses the larger of two face-size estimates, inter-ocular distance and eye-to-mouth
+    distance, so a turned head (eyes closer) or a tilted one (mouth closer) is not blown up. Without usable
+    keypoints the box is used, upright.
+    """
+    kp = np.asarray(detection.keypoints, dtype=np.float64)
+    right_eye, left_eye, mouth = kp[0], kp[1], kp[3]
+    eye_mid = (right_eye + left_eye) / 2.0
+    eye_vec = left_eye - right_eye
+    iod = float(np.hypot(*eye_vec))
+    eye_mouth = float(np.hypot(*(mouth - eye_mid)))
+    if max(iod, eye_mouth) >= MIN_KEYPOINT_SPAN_PX:
+        angle = math.atan2(eye_vec[1], eye_vec[0]) if iod >= MIN_KEYPOINT_SPAN_PX else 0.0
+        cos_a, sin_a = math.cos(angle), math.sin(angle)
+        down = mouth - eye_mid
+        if -sin_a * down[0] + cos_a * down[1] < 0:
+            cos_a, sin_a = -cos_a, -sin_a
+        face_px = max(iod / EYE_DISTANCE, eye_mouth / EYE_MOUTH_DISTANCE)
+        anchor, target = eye_mid, (EYE_CENTER[0] * size, EYE_CENTER[1] * size)
+    else:
+        x1, y1, x2, y2 = detection.box
+        cos_a, sin_a = 1.0, 0.0
+        face_px = max(x2 - x1, 1.0) / BOX_WIDTH
+        anchor, target = np.array([(x1 + x2) / 2.0, (y1 + y2) / 2.0]), (0.5 * size, BOX_CENTER_Y * size)
+    scale = size / face_px
+    a, b = scale * cos_a, scale * sin_a
+    return np.array(
+        [
+            [a, b, target[0] - (a * anchor[0] + b * anchor[1])],
+            [-b, a, target[1] - (-b * anchor[0] + a * anchor[1])],
+        ],
+        dtype=np.float64,
+    )
+
+
+def align_faces(
+    gray: np.ndarray, detections: Sequence[Detection], size: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Warp every detected face of a grayscale frame to ``size`` x ``size`` uint8 → array [N, size, size].
+
+    ``out`` (shape [M, size, size], M >= N) is reused when given so the hot path allocates nothing; the result is a
+    view of its first N crops. Pixels outside the frame replicate the border (FER2013 crops have no black corners).
+    """
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise ValueError(f"expected a grayscale uint8 frame [H, W], got {gray.dtype} {gray.shape}")
+    count = len(detections)
+    if out is None or out.shape[0] < count or out.shape[1:] != (size, size):
+        out = np.empty((max(count, 1), size, size), dtype=np.uint8)
+    for i, detection in enumerate(detections):
+        cv2.warpAffine(
+            gray,
+            alignment_matrix(detection, size),
+            (size, size),
+            dst=out[i],
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+    return out[:count]

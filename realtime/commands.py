@@ -1,0 +1,122 @@
+"""``leaf-fer annotate`` and ``leaf-fer bench``; heavy imports happen only when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+BENCH_BACKENDS = ("onnxruntime", "torch", "tensorrt")
+BACKENDS = ("auto", *BENCH_BACKENDS)
+
+
+def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", help="weights .safetensors (default: the shipped model)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (default: auto)")
+    parser.add_argument(
+        "--detector-range",
+        default="short",
+        choices=("short", "full"),
+        help="short: faces within ~2 m, fastest (default); full: up to ~5 m, group shots",
+    )
+    parser.add_argument("--min-confidence", type=float, default=0.65, help="minimum face detection score (default 0.65)")
+    parser.add_argument(
+        "--smoothing", type=float, default=0.7, help="EMA weight of each track's past probabilities, 0 = off (default 0.7)"
+    )
+    parser.add_argument("--max-faces", type=int, default=8, help="at most this many faces per frame (default 8)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    annotate = subparsers.add_parser(
+        "annotate",
+        help="annotate videos: overlay video, per-face CSV, JSON summary, expression timeline",
+        description="Annotate videos or images (folders are expanded). Without INPUT, annotates the shipped sample "
+        "video. Finished inputs are skipped on a rerun; a failing input is reported and the others continue.",
+    )
+    annotate.add_argument("inputs", nargs="*", metavar="INPUT", help="video/image files or folders")
+    annotate.add_argument("-o", "--outdir", default="annotations", help="output folder (default: ./annotations)")
+    annotate.add_argument("--overwrite", action="store_true", help="redo inputs that are already annotated")
+    annotate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_pipeline_options(annotate)
+    annotate.set_defaults(func=run_annotate)
+
+    bench = subparsers.add_parser(
+        "bench",
+        help="per-stage latency p50/p95/p99 and FPS per backend, 1 and several faces; JSON + markdown + PNG",
+        description="Benchmark the realtime pipeline on the sample video (1 face) and a group clip (several faces) "
+        "with each available backend, and time annotate on the sample video.",
+    )
+    bench.add_argument("-o", "--outdir", default="reports/realtime", help="report folder (default: reports/realtime)")
+    bench.add_argument("--frames", type=int, default=200, help="measured frames per run (default 200)")
+    bench.add_argument("--warmup", type=int, default=10, help="warm-up frames per run, not counted (default 10)")
+    bench.add_argument(
+        "--backends",
+        nargs="+",
+        default=list(BENCH_BACKENDS),
+        choices=BENCH_BACKENDS,
+        help="backends to try; unavailable ones are listed in the report, not fatal",
+    )
+    bench.add_argument(
+        "--detector-range",
+        default="short",
+        choices=("short", "full"),
+        help="detector for the one-face run (the group clip always uses full range)",
+    )
+    bench.add_argument("--weights", help="weights .safetensors (default: the shipped model)")
+    bench.add_argument("--no-annotate", action="store_true", help="skip timing annotate on the sample video")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(func=run_bench)
+
+
+def run_annotate(args: argparse.Namespace) -> int:
+    from .annotate import AnnotateOutcome, annotate_inputs, sample_video
+    from .pipeline import PipelineConfig
+
+    config = PipelineConfig(
+        weights=args.weights,
+        backend=args.backend,
+        detector_range=args.detector_range,
+        min_detection_confidence=args.min_confidence,
+        smoothing_alpha=args.smoothing,
+        max_faces=args.max_faces,
+    )
+    config.validate()
+
+    def report(outcome: AnnotateOutcome) -> None:
+        print(outcome.line(), file=sys.stderr if outcome.status == "failed" else sys.stdout, flush=True)
+
+    started = time.perf_counter()
+    outcomes = annotate_inputs(
+        args.inputs or [sample_video()],
+        args.outdir,
+        config,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        on_outcome=report,
+    )
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")}
+    print(
+        f"annotate: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
+        f"in {time.perf_counter() - started:.1f} s → {args.outdir}"
+    )
+    return 1 if counts["failed"] else 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .bench import markdown_table, run_bench as bench
+
+    if args.frames < 1 or args.warmup < 0:
+        raise ValueError("--frames must be >= 1 and --warmup >= 0")
+    report = bench(
+        args.outdir,
+        backends=tuple(args.backends),
+        frames=args.frames,
+        warmup=args.warmup,
+        one_face_range=args.detector_range,
+        weights=args.weights,
+        with_annotate=not args.no_annotate,
+        progress=not args.no_progress,
+    )
+    print(markdown_table(report), end="")
+    print(f"bench: wrote {args.outdir}/bench.json, bench.md, bench.png")
+    return 0

@@ -1,0 +1,154 @@
+"""Face detection with MediaPipe Tasks' ``FaceDetector`` (BlazeFace short- or full-range model shipped in assets/)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Literal
+
+import numpy as np
+from mediapipe import Image, ImageFormat
+from mediapipe.tasks.python import BaseOptions, vision
+from mediapipe.tasks.python.components.containers.detections import Detection as MediaPipeDetection
+
+from .types import Detection
+
+DetectorRange = Literal["short", "full"]
+MODEL_FILES: dict[str, str] = {
+    "short": "face_detection_short_range.tflite",
+    "full": "face_detection_full_range_sparse.tflite",
+}
+KEYPOINT_NAMES: tuple[str, ...] = ("right_eye", "left_eye", "nose", "mouth", "right_ear", "left_ear")
+WARMUP_CALLS = 8
+"""Blank detections run while a model loads (stderr hidden): they take the first-call cost, and they make LiteRT's
+once-per-process "input tensor memory is not aligned" warning, which depends on where an image happens to be
+allocated, fire there rather than on a user's first frame."""
+
+
+def model_bytes(detector_range: DetectorRange) -> bytes:
+    """The shipped .tflite model for ``"short"`` (faces within ~2 m) or ``"full"`` (up to ~5 m, group shots)."""
+    if detector_range not in MODEL_FILES:
+        raise ValueError(f"detector range must be one of {sorted(MODEL_FILES)}, got {detector_range!r}")
+    return (resources.files("leaf_fer.realtime") / "assets" / MODEL_FILES[detector_range]).read_bytes()
+
+
+@contextmanager
+def native_stderr_hidden() -> Iterator[None]:
+    """Hide what LiteRT/absl print straight to file descriptor 2 while a model loads, warms up or closes.
+
+    Those lines (accelerator registration, one-time warnings) are noise for users; if the block fails, the captured
+    text is written to stderr after all so nothing diagnostic is lost.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))
+
+
+class FaceDetector:
+    """Detect faces in RGB uint8 frames → :class:`Detection` (pixel box, score, six pixel keypoints), best first.
+
+    ``detect(rgb, timestamp_ms)`` uses the Tasks VIDEO running mode (timestamps are forced strictly increasing, so a
+    restarted video or a second file simply continues); ``detect(rgb)`` without a timestamp uses the IMAGE mode for
+    independent stills. Each mode's Tasks object is created on first use and closed by :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        detector_range: DetectorRange = "short",
+        min_confidence: float = 0.65,
+        max_faces: int | None = None,
+        min_suppression: float = 0.3,
+    ) -> None:
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min detection confidence must be in [0, 1], got {min_confidence}")
+        self.detector_range = detector_range
+        self.min_confidence = min_confidence
+        self.max_faces = max_faces
+        self.min_suppression = min_suppression
+        self._model = model_bytes(detector_range)
+        self._tasks: dict[str, vision.FaceDetector] = {}
+        self._last_timestamp_ms = -1
+
+    def _task(self, mode: vision.RunningMode) -> vision.FaceDetector:
+        task = self._tasks.get(mode.name)
+        if task is None:
+            options = vision.FaceDetectorOptions(
+                base_options=BaseOptions(model_asset_buffer=self._model),
+                running_mode=mode,
+                min_detection_confidence=self.min_confidence,
+                min_suppression_threshold=self.min_suppression,
+            )
+            with native_stderr_hidden():
+                task = vision.FaceDetector.create_from_options(options)
+                for size in range(64, 64 + WARMUP_CALLS):
+                    blank = Image(image_format=ImageFormat.SRGB, data=np.zeros((size, size, 3), np.uint8))
+                    if mode == vision.RunningMode.VIDEO:
+                        self._last_timestamp_ms += 1
+                        task.detect_for_video(blank, self._last_timestamp_ms)
+                    else:
+                        task.detect(blank)
+            self._tasks[mode.name] = task
+        return task
+
+    def warmup(self, video: bool = True) -> None:
+        """Load the model now (first-call cost out of the hot path)."""
+        self._task(vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE)
+
+    def detect(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Detection]:
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {rgb.dtype} {rgb.shape}")
+        image = Image(image_format=ImageFormat.SRGB, data=rgb)
+        if timestamp_ms is None:
+            result = self._task(vision.RunningMode.IMAGE).detect(image)
+        else:
+            task = self._task(vision.RunningMode.VIDEO)
+            self._last_timestamp_ms = max(int(timestamp_ms), self._last_timestamp_ms + 1)
+            result = task.detect_for_video(image, self._last_timestamp_ms)
+        height, width = rgb.shape[:2]
+        detections = [self._convert(d, width, height) for d in result.detections]
+        detections.sort(key=lambda d: d.score, reverse=True)
+        return detections[: self.max_faces] if self.max_faces else detections
+
+    @staticmethod
+    def _convert(raw: MediaPipeDetection, width: int, height: int) -> Detection:
+        box = raw.bounding_box
+        x1 = min(max(float(box.origin_x), 0.0), width - 1.0)
+        y1 = min(max(float(box.origin_y), 0.0), height - 1.0)
+        x2 = min(max(float(box.origin_x + box.width), x1 + 1.0), float(width))
+        y2 = min(max(float(box.origin_y + box.height), y1 + 1.0), float(height))
+        keypoints = np.array([[k.x * width, k.y * height] for k in raw.keypoints or []], dtype=np.float32)
+        if keypoints.shape != (6, 2):
+            keypoints = np.zeros((6, 2), dtype=np.float32)
+        score = float(raw.categories[0].score) if raw.categories else 0.0
+        return Detection(box=(x1, y1, x2, y2), score=score, keypoints=keypoints)
+
+    def close(self) -> None:
+        tasks, self._tasks = self._tasks, {}
+        with native_stderr_hidden():
+            for task in tasks.values():
+                task.close()
+
+    def __enter__(self) -> "FaceDetector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

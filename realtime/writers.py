@@ -1,0 +1,214 @@
+"""Output writers that never leave a partial file under a final name.
+
+Each writer writes to a hidden temporary file beside its target and renames it into place only in :meth:`close`;
+:meth:`abort` (or leaving a ``with`` block through an exception) deletes the temporary file. Both video and CSV
+writers take one frame at a time, so the GUI's recorder can use them as well as ``annotate``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cv2
+import numpy as np
+
+from .detector import KEYPOINT_NAMES
+from .types import FrameResult
+
+VIDEO_FOURCC = "mp4v"
+"""MPEG-4 Part 2 in .mp4: what this OpenCV build can encode (no H.264 encoder) and common players decode."""
+
+
+class WriterError(OSError):
+    """An output that cannot be created or written; the message is one line."""
+
+
+def _temp_path(path: Path) -> Path:
+    """Hidden sibling with the same suffix (OpenCV picks the container from it)."""
+    return path.with_name(f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
+def _writable_temp(path: Path) -> Path:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_path(path)
+        tmp.touch()
+    except OSError as exc:
+        raise WriterError(f"{path.parent}: output folder not writable ({exc.strerror or exc})") from exc
+    return tmp
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    except OSError as exc:
+        raise WriterError(f"{path.parent}: output folder not writable ({exc.strerror or exc})") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+_Writer = TypeVar("_Writer", bound="_AtomicFile")
+
+
+class _AtomicFile:
+    """Shared temp-then-rename lifecycle."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.tmp_path = _writable_temp(self.path)
+        self.closed = False
+
+    def _release(self) -> None:
+        """Flush and close the underlying handle."""
+
+    def close(self) -> Path:
+        """Finish the file and move it to its final name; returns that name."""
+        if self.closed:
+            return self.path
+        self.closed = True
+        try:
+            self._release()
+            os.chmod(self.tmp_path, 0o644)
+            os.replace(self.tmp_path, self.path)
+        except BaseException:
+            self.tmp_path.unlink(missing_ok=True)
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written so far; the final name is not touched."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._release()
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self: _Writer) -> _Writer:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class VideoWriter(_AtomicFile):
+    """Annotated frames → video file (mp4v). The frame size is fixed by the first frame unless given; later frames of
+    another size (a folder of mixed images) are resized to it."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fps: float,
+        size: tuple[int, int] | None = None,
+        fourcc: str = VIDEO_FOURCC,
+    ) -> None:
+        if not fps > 0:
+            raise ValueError(f"video fps must be > 0, got {fps}")
+        super().__init__(path)
+        self.fps = float(fps)
+        self.fourcc = fourcc
+        self.size = size
+        self.frames_written = 0
+        self._writer: cv2.VideoWriter | None = None
+        if size is not None:
+            self._open(size)
+
+    def _open(self, size: tuple[int, int]) -> None:
+        self.size = size
+        self._writer = cv2.VideoWriter(str(self.tmp_path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, size)
+        if not self._writer.isOpened():
+            self.abort()
+            raise WriterError(f"{self.path}: cannot open a {self.fourcc} video writer for {size[0]}x{size[1]}")
+
+    def write(self, image: np.ndarray) -> None:
+        if self.closed:
+            raise WriterError(f"{self.path}: writer already closed")
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        height, width = image.shape[:2]
+        if self._writer is None:
+            self._open((width, height))
+        if (width, height) != self.size:
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        assert self._writer is not None
+        self._writer.write(image)
+        self.frames_written += 1
+
+    def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def close(self) -> Path:
+        if not self.closed and self.frames_written == 0:
+            self.abort()
+            raise WriterError(f"{self.path}: no frames were written")
+        return super().close()
+
+
+def csv_columns(classes: tuple[str, ...]) -> list[str]:
+    """frame, time, track id, box, score, keypoints (x, y), raw and smoothed probability per class, label."""
+    columns = ["frame", "time_s", "track_id", "x1", "y1", "x2", "y2", "score"]
+    for name in KEYPOINT_NAMES:
+        columns += [f"{name}_x", f"{name}_y"]
+    columns += [f"prob_{c}" for c in classes]
+    columns += [f"smooth_{c}" for c in classes]
+    columns += ["label", "confidence"]
+    return columns
+
+
+class CsvWriter(_AtomicFile):
+    """One row per face per frame (frames without faces have no row). ``prob_*`` are the model's probabilities,
+    ``smooth_*`` the temporally smoothed ones; ``label``/``confidence`` come from the smoothed probabilities."""
+
+    def __init__(self, path: str | os.PathLike[str], classes: tuple[str, ...]) -> None:
+        super().__init__(path)
+        self.classes = tuple(classes)
+        self.rows_written = 0
+        self._handle = open(self.tmp_path, "w", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._handle)
+        self._csv.writerow(csv_columns(self.classes))
+
+    def write(self, result: FrameResult) -> None:
+        if self.closed:
+            raise WriterError(f"{self.path}: writer already closed")
+        frame = result.frame
+        for face in result.faces:
+            det = face.detection
+            label = face.label_index()
+            row: list[object] = [frame.index, f"{frame.timestamp_s:.3f}", face.track_id]
+            row += [f"{v:.1f}" for v in det.box]
+            row.append(f"{det.score:.3f}")
+            row += [f"{v:.1f}" for v in np.asarray(det.keypoints).reshape(-1)]
+            row += [f"{p:.4f}" for p in face.probabilities]
+            row += [f"{p:.4f}" for p in face.smoothed]
+            row += [self.classes[label], f"{face.smoothed[label]:.4f}"]
+            self._csv.writerow(row)
+            self.rows_written += 1
+
+    def _release(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()

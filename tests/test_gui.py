@@ -1,0 +1,414 @@
+"""GUI tests: the real window and the real realtime pipeline on the shared sample video, under offscreen Qt."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PyQt6.QtCore import QPoint, Qt
+from PyQt6.QtGui import QColor, QImage
+
+from leaf_fer.cli import COMMAND_MODULES
+from leaf_fer.gui.commands import register, settings_from_args
+from leaf_fer.gui.cameras import candidate_camera_indices
+from leaf_fer.gui.main_window import MainWindow
+from leaf_fer.gui.settings import BACKENDS, GuiSettings
+from leaf_fer.gui.widgets import HistoryPlot, ProbabilityBars, VideoView, class_color
+from leaf_fer.gui.worker import FramePacket, PipelineWorker
+from leaf_fer.realtime.annotators import class_color as overlay_class_color
+from leaf_fer.realtime.annotators import track_color
+from leaf_fer.realtime.pipeline import BACKENDS as PIPELINE_BACKENDS
+from leaf_fer.realtime.pipeline import PipelineConfig
+from leaf_fer.realtime.sources import LiveSource
+
+SHARED = Path(os.environ.get("LEAF_FER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+VIDEO = SHARED / "media" / "single_face.mp4"
+LONG_VIDEO = SHARED / "media" / "WolfgangLanger_Pexels.mp4"
+MULTI_FACE = SHARED / "media" / "multi_face.jpg"
+needs_video = pytest.mark.skipif(not VIDEO.is_file(), reason=f"shared sample video not found at {VIDEO}")
+needs_long_video = pytest.mark.skipif(not LONG_VIDEO.is_file(), reason=f"shared 20 s video not found at {LONG_VIDEO}")
+FRAME_TIMEOUT_MS = 20000
+
+
+def qimage_to_bgr(image: QImage) -> np.ndarray:
+    rgb = image.convertToFormat(QImage.Format.Format_RGB888)
+    ptr = rgb.constBits()
+    assert ptr is not None
+    ptr.setsize(rgb.sizeInBytes())
+    rows = np.frombuffer(ptr.asstring(), dtype=np.uint8).reshape(rgb.height(), rgb.bytesPerLine())
+    return rows[:, : rgb.width() * 3].reshape(rgb.height(), rgb.width(), 3)[:, :, ::-1].copy()
+
+
+def read_frame(path: Path, index: int) -> np.ndarray:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        for _ in range(index + 1):
+            ok, image = capture.read()
+            assert ok, f"could not read frame {index} of {path}"
+        return image
+    finally:
+        capture.release()
+
+
+def overlay_rgb(name: str) -> tuple[int, int, int]:
+    blue, green, red = overlay_class_color(name)
+    return red, green, blue
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path: Path) -> Iterator[Callable[..., MainWindow]]:
+    """Real windows (no camera probing); each is closed at the end and must stop its worker in time."""
+    made: list[MainWindow] = []
+
+    def make(**kwargs: Any) -> MainWindow:
+        kwargs.setdefault("output_dir", tmp_path / "out")
+        kwargs.setdefault("probe_cameras_on_start", False)
+        win = MainWindow(**kwargs)
+        win.show()
+        made.append(win)
+        return win
+
+    yield make
+    for win in made:
+        win.close()
+        qtbot.waitUntil(lambda: win.worker is None and not win.isVisible(), timeout=15000)
+        win.deleteLater()
+
+
+@pytest.fixture
+def window(make_window: Callable[..., MainWindow]) -> MainWindow:
+    return make_window()
+
+
+def wait_frames(qtbot, win: MainWindow, count: int) -> None:
+    start = win.view.frames_shown
+    qtbot.waitUntil(lambda: win.view.frames_shown >= start + count, timeout=FRAME_TIMEOUT_MS)
+
+
+@needs_video
+def test_frames_are_shown_with_overlay_on_the_face(qtbot, window: MainWindow) -> None:
+    window.open_file(VIDEO)
+    wait_frames(qtbot, window, 2)
+    first = qimage_to_bgr(window.view.image())
+    qtbot.waitUntil(lambda: window.last_packet is not None and len(window.last_packet.faces) == 1, timeout=FRAME_TIMEOUT_MS)
+    wait_frames(qtbot, window, 3)
+    packet: FramePacket = window.last_packet
+    shown = qimage_to_bgr(window.view.image())
+    assert shown.shape == (360, 640, 3)
+    assert np.abs(shown.astype(int) - first.astype(int)).mean() > 0.5, "the view did not change between frames"
+
+    raw = read_frame(VIDEO, packet.index)
+    grey = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
+    cascade = cv2.CascadeClassifier(str(Path(cv2.__file__).parent / "data" / "haarcascade_frontalface_default.xml"))
+    found = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(60, 60))
+    assert len(found) >= 1, "the independent Haar detector found no face in the sample frame"
+    x, y, w, h = max(found, key=lambda r: r[2] * r[3])
+    face = packet.faces[0]
+    assert iou(face.box, (x, y, x + w, y + h)) > 0.3
+
+    x1, y1, x2, y2 = (int(round(v)) for v in face.box)
+    outline = np.concatenate([shown[y1 + 6 : y2 - 6, x1], shown[y2, x1 + 6 : x2 - 6]])
+    original = np.concatenate([raw[y1 + 6 : y2 - 6, x1], raw[y2, x1 + 6 : x2 - 6]])
+    colour = np.array(track_color(face.track_id))
+    on_colour = np.abs(outline.astype(int) - colour).max(axis=1) <= 40
+    assert on_colour.mean() > 0.9, "the face box outline is not drawn in the track colour"
+    changed = np.abs(outline.astype(int) - original.astype(int)).max(axis=1) > 40
+    assert changed.mean() > 0.8, "the outline pixels are the video's own, not an overlay"
+    inside = shown[y1 + 20 : y2 - 20, x1 + 20 : x2 - 20]
+    assert (np.abs(inside.astype(int) - colour).max(axis=2) <= 40).mean() < 0.2, "the face itself is painted over"
+
+    assert window.faces_label.text() == "Faces: 1"
+    assert window.fps_label.text().startswith("FPS: ") and float(window.fps_label.text()[5:]) > 0
+    assert float(window.latency_label.text().split()[1]) > 0
+    assert any(name in window.backend_label.text() for name in ("torch", "ONNX Runtime", "TensorRT"))
+    assert window.selected_track == face.track_id
+    assert window.bars.values() == pytest.approx(face.probabilities)
+    assert len(window.history) >= 2
+
+
+@needs_long_video
+def test_recording_writes_playable_video_csv_and_snapshot(qtbot, window: MainWindow) -> None:
+    window.open_file(LONG_VIDEO)
+    wait_frames(qtbot, window, 1)
+    window.record_action.trigger()
+    assert window.record_action.isChecked()
+    qtbot.waitUntil(lambda: window.recording_label.text() != "", timeout=FRAME_TIMEOUT_MS)
+    wait_frames(qtbot, window, 5)
+    snapshot = window.snapshot()
+    window.record_action.trigger()
+    qtbot.waitUntil(lambda: window.last_recording is not None, timeout=FRAME_TIMEOUT_MS)
+    assert window.worker is not None, "stopping the recording should not stop the video"
+    wait_frames(qtbot, window, 3)
+    assert window.recording_label.text() == "" and not window.record_action.isChecked()
+    video, table = window.last_recording
+
+    assert video.parent == window.output_dir and video.suffix == ".mp4"
+    capture = cv2.VideoCapture(str(video))
+    frames = 0
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            break
+        assert image.shape == (360, 640, 3)
+        frames += 1
+    capture.release()
+    assert frames >= 5
+    with table.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) >= 1
+    assert {"frame", "track_id", "x1", "y1", "x2", "y2", "label"} <= set(rows[0])
+    assert rows[0]["label"] in window.last_packet.classes
+    assert not list(window.output_dir.glob(".*partial*")), "temporary files left behind"
+
+    assert snapshot is not None and snapshot.suffix == ".png"
+    png = cv2.imread(str(snapshot))
+    assert png is not None and png.shape == (360, 640, 3)
+
+
+@needs_video
+def test_errors_show_a_message_and_the_ui_stays_alive(qtbot, window: MainWindow, tmp_path: Path) -> None:
+    window.open_file(tmp_path / "missing.mp4")
+    qtbot.waitUntil(lambda: "no such file" in window.message_text(), timeout=FRAME_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.worker is None, timeout=FRAME_TIMEOUT_MS)
+    assert window.banner.isVisible() and window.banner.kind == "error"
+
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("not a video")
+    window.open_file(not_video)
+    qtbot.waitUntil(lambda: "cannot open" in window.message_text(), timeout=FRAME_TIMEOUT_MS)
+
+    window.source_combo.setEditText("97")
+    window.start_action.trigger()
+    qtbot.waitUntil(lambda: "97" in window.message_text() and window.worker is None, timeout=FRAME_TIMEOUT_MS)
+    assert window.banner.kind == "error"
+    assert window.start_action.isEnabled() and not window.stop_action.isEnabled()
+
+    window.open_file(VIDEO)
+    wait_frames(qtbot, window, 2)
+    assert window.banner.kind != "error"
+
+
+def test_no_webcam_is_reported_in_the_window(qtbot, make_window: Callable[..., MainWindow]) -> None:
+    if candidate_camera_indices(6):
+        pytest.skip("this machine has video devices")
+    win = make_window(probe_cameras_on_start=True)
+    qtbot.waitUntil(lambda: win._probe is None, timeout=10000)
+    assert "No webcam found" in win.view.message()
+    assert win.source_combo.count() == 0
+    win.refresh_cameras()
+    win.start_source(0)
+    qtbot.waitUntil(lambda: "webcam 0" in win.message_text().lower() and win.worker is None, timeout=FRAME_TIMEOUT_MS)
+
+
+class FailingCapture:
+    """A camera that delivers a few frames of the sample video and is then unplugged (reads fail)."""
+
+    def __init__(self, frames: int) -> None:
+        self._capture = cv2.VideoCapture(str(VIDEO))
+        self._left = frames
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        if self._left <= 0:
+            return False, None
+        self._left -= 1
+        return self._capture.read()
+
+    def release(self) -> None:
+        self._capture.release()
+
+
+@needs_video
+def test_camera_unplugged_while_running_shows_a_message(qtbot, make_window: Callable[..., MainWindow]) -> None:
+    opened: list[FailingCapture] = []
+
+    def opener() -> FailingCapture | None:
+        if opened:
+            return None
+        opened.append(FailingCapture(frames=15))
+        return opened[0]
+
+    def source(spec: int | str) -> LiveSource:
+        return LiveSource(opener, f"webcam {spec}", fps=30.0, stall_timeout_s=2.0, max_reconnects=1, reconnect_delay_s=0.05)
+
+    win = make_window(source_factory=source)
+    win.source_combo.setEditText("0")
+    win.start()
+    qtbot.waitUntil(lambda: "stopped delivering frames" in win.message_text(), timeout=FRAME_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: win.worker is None, timeout=FRAME_TIMEOUT_MS)
+    assert win.view.frames_shown >= 1
+    assert win.isVisible() and win.start_action.isEnabled()
+
+
+@needs_long_video
+def test_settings_pause_and_stop_while_playing(qtbot, window: MainWindow, tmp_path: Path) -> None:
+    window.open_file(LONG_VIDEO)
+    wait_frames(qtbot, window, 1)
+    worker = window.worker
+    assert worker is not None
+    window.range_combo.setCurrentIndex(window.range_combo.findData("full"))
+    window.smoothing_slider.setValue(0)
+    window.apply_settings_now()
+    qtbot.waitUntil(lambda: worker.settings.detector_range == "full" and worker.settings.smoothing == 0.0, timeout=FRAME_TIMEOUT_MS)
+    wait_frames(qtbot, window, 2)
+    assert window.worker is worker
+
+    window.model_edit.setText(str(tmp_path / "missing.safetensors"))
+    window.apply_settings_now()
+    qtbot.waitUntil(lambda: "Settings not applied" in window.message_text(), timeout=FRAME_TIMEOUT_MS)
+    wait_frames(qtbot, window, 2)
+    assert window.worker is worker and worker.settings.weights is None
+
+    window.pause_action.trigger()
+    assert worker.is_paused()
+    qtbot.wait(300)
+    paused_at = window.view.frames_shown
+    qtbot.wait(500)
+    assert window.view.frames_shown == paused_at, "frames kept coming while paused"
+    window.pause_action.trigger()
+    wait_frames(qtbot, window, 2)
+    window.stop_action.trigger()
+    qtbot.waitUntil(lambda: window.worker is None, timeout=FRAME_TIMEOUT_MS)
+    assert not window.stop_action.isEnabled() and window.start_action.isEnabled()
+
+
+@pytest.mark.skipif(not MULTI_FACE.is_file(), reason=f"shared group photo not found at {MULTI_FACE}")
+def test_image_rerun_on_settings_change_and_click_selects_a_face(qtbot, window: MainWindow) -> None:
+    window.open_file(MULTI_FACE)
+    qtbot.waitUntil(lambda: window.view.frames_shown == 1 and window.worker is None, timeout=FRAME_TIMEOUT_MS)
+    assert "Analysed image" in window.message_text()
+    window.range_combo.setCurrentIndex(window.range_combo.findData("full"))
+    window.apply_settings_now()
+    qtbot.waitUntil(lambda: window.view.frames_shown == 2 and window.worker is None, timeout=FRAME_TIMEOUT_MS)
+    faces = window.last_packet.faces
+    assert len(faces) >= 2, "the full-range detector should find several faces in the group photo"
+    target = next(f for f in faces if f.track_id != window.selected_track)
+    centre = window.view.image_to_widget((target.box[0] + target.box[2]) / 2, (target.box[1] + target.box[3]) / 2)
+    qtbot.mouseClick(window.view, Qt.MouseButton.LeftButton, pos=centre.toPoint())
+    assert window.selected_track == target.track_id
+    assert window.face_combo.currentData() == target.track_id
+    assert window.bars.values() == pytest.approx(target.probabilities)
+    assert window.face_label.text() == target.label
+
+
+@needs_long_video
+def test_closing_the_window_stops_the_thread_and_finishes_the_recording(qtbot, window: MainWindow) -> None:
+    win = window
+    win.open_file(LONG_VIDEO)
+    wait_frames(qtbot, win, 1)
+    win.record_action.trigger()
+    qtbot.waitUntil(lambda: win.recording_label.text() != "", timeout=FRAME_TIMEOUT_MS)
+    worker = win.worker
+    assert worker is not None and worker.isRunning()
+    with qtbot.waitSignal(worker.finished, timeout=15000):
+        win.close()
+    qtbot.waitUntil(lambda: not win.isVisible(), timeout=5000)
+    assert win.worker is None
+    assert win.last_recording is not None
+    video, table = win.last_recording
+    capture = cv2.VideoCapture(str(video))
+    assert capture.isOpened() and capture.read()[0]
+    capture.release()
+    assert table.read_text().count("\n") >= 2
+
+
+@needs_video
+def test_worker_drops_frames_while_the_ui_is_busy(qtbot) -> None:
+    worker = PipelineWorker(str(VIDEO), GuiSettings(), pace=False)
+    received: list[FramePacket] = []
+    worker.frame_ready.connect(received.append)
+    with qtbot.waitSignal(worker.finished, timeout=30000):
+        worker.start()
+    assert len(received) == 1, "frames were queued while the UI had not taken the previous one"
+    assert worker.frames_processed == 72
+    assert worker.frames_dropped == worker.frames_processed - 1
+    worker.wait()
+
+
+def test_video_view_keeps_aspect_and_maps_clicks(qtbot) -> None:
+    view = VideoView()
+    qtbot.addWidget(view)
+    view.resize(400, 400)
+    image = QImage(200, 100, QImage.Format.Format_RGB888)
+    image.fill(QColor("red"))
+    view.set_image(image)
+    rect = view.image_rect()
+    assert (rect.x(), rect.y(), rect.width(), rect.height()) == (0, 100, 400, 200)
+    with qtbot.waitSignal(view.image_clicked) as blocker:
+        qtbot.mouseClick(view, Qt.MouseButton.LeftButton, pos=QPoint(200, 150))
+    assert blocker.args == pytest.approx([100.0, 25.0])
+    grabbed = view.grab().toImage()
+    assert grabbed.pixelColor(200, 200) == QColor("red")
+    assert grabbed.pixelColor(200, 50) != QColor("red")
+
+
+def test_probability_bars_and_history_paint_class_colours(qtbot) -> None:
+    bars = ProbabilityBars()
+    qtbot.addWidget(bars)
+    bars.resize(300, 200)
+    bars.set_classes(["a", "b", "c"])
+    bars.set_values([1.0, 0.0, 0.5])
+    image = bars.grab().toImage()
+    colours = [{image.pixelColor(x, 4 + row * 20 + 10).name() for x in range(image.width())} for row in range(3)]
+    assert class_color(0).name() in colours[0]
+    assert class_color(1).name() not in colours[1]
+    assert class_color(2).name() in colours[2]
+    assert class_color(1, "happiness") == QColor(*overlay_rgb("happiness"))
+
+    plot = HistoryPlot(window_s=10.0)
+    qtbot.addWidget(plot)
+    plot.resize(300, 150)
+    for i in range(20):
+        plot.append(i * 0.1, [0.0, 0.9, 0.1])
+    pixels = qimage_to_bgr(plot.grab().toImage()).astype(int)
+
+    def rows_of(index: int) -> np.ndarray:
+        colour = class_color(index)
+        near = np.abs(pixels - np.array([colour.blue(), colour.green(), colour.red()])).max(axis=2) <= 30
+        return np.nonzero(near)[0]
+
+    high, low = rows_of(1), rows_of(2)
+    assert len(high) > 20 and len(low) > 20
+    assert high.mean() < low.mean() - 50, "the 0.9 line is not drawn above the 0.1 line"
+    plot.append(0.0, [0.5, 0.5, 0.0])
+    assert len(plot) == 1
+
+
+def test_gui_command_and_settings() -> None:
+    assert "leaf_fer.gui.commands" in COMMAND_MODULES
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["gui", "--source", "0", "--backend", "torch", "--weights", "w.safetensors"])
+    settings = settings_from_args(args)
+    assert (args.source, settings.backend, settings.weights) == ("0", "torch", "w.safetensors")
+    assert callable(args.func)
+    with pytest.raises(ValueError, match="smoothing"):
+        settings_from_args(parser.parse_args(["gui", "--smoothing", "1.5"]))
+    assert BACKENDS == PIPELINE_BACKENDS
+    defaults, config = GuiSettings(), PipelineConfig()
+    assert (defaults.detector_range, defaults.min_detection_confidence, defaults.smoothing, defaults.max_faces) == (
+        config.detector_range,
+        config.min_detection_confidence,
+        config.smoothing_alpha,
+        config.max_faces,
+    )

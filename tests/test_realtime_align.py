@@ -1,0 +1,92 @@
+"""Alignment geometry: eyes levelled and placed where FER2013 has them, one batched crop array."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+from realtime_media import media_file
+
+from leaf_fer.realtime.align import EYE_CENTER, EYE_DISTANCE, align_faces, alignment_matrix
+from leaf_fer.realtime.detector import FaceDetector
+from leaf_fer.realtime.sources import read_image
+from leaf_fer.realtime.types import Detection
+
+SIZE = 48
+
+
+def face(eye_mid: tuple[float, float], iod: float, roll_deg: float, mouth_drop: float | None = None) -> Detection:
+    """Keypoints of an upright face of inter-ocular distance ``iod`` rolled by ``roll_deg`` around the eye midpoint."""
+    a = math.radians(roll_deg)
+    ux, uy = math.cos(a), math.sin(a)
+    down = (-uy, ux)
+    drop = mouth_drop if mouth_drop is not None else iod * 1.05
+    mx, my = eye_mid
+    kp = np.array(
+        [
+            [mx - ux * iod / 2, my - uy * iod / 2],
+            [mx + ux * iod / 2, my + uy * iod / 2],
+            [mx + down[0] * drop * 0.55, my + down[1] * drop * 0.55],
+            [mx + down[0] * drop, my + down[1] * drop],
+            [mx - ux * iod, my - uy * iod],
+            [mx + ux * iod, my + uy * iod],
+        ],
+        dtype=np.float32,
+    )
+    return Detection(box=(mx - iod, my - iod, mx + iod, my + 1.6 * iod), score=0.9, keypoints=kp)
+
+
+def _apply(matrix: np.ndarray, point: np.ndarray) -> np.ndarray:
+    return matrix[:, :2] @ point + matrix[:, 2]
+
+
+@pytest.mark.parametrize("roll", [0.0, 25.0, -40.0, 170.0])
+def test_eyes_land_level_at_fer2013_positions(roll: float) -> None:
+    det = face((320.0, 200.0), iod=80.0, roll_deg=roll)
+    m = alignment_matrix(det, SIZE)
+    right, left, mouth = (_apply(m, det.keypoints[i]) for i in (0, 1, 3))
+    assert right[1] == pytest.approx(left[1], abs=1e-6), "eyes level"
+    assert abs(left[0] - right[0]) == pytest.approx(EYE_DISTANCE * SIZE, rel=1e-6)
+    mid = (right + left) / 2
+    np.testing.assert_allclose(mid, [EYE_CENTER[0] * SIZE, EYE_CENTER[1] * SIZE], atol=1e-6)
+    assert mouth[1] > mid[1] + 10, "mouth below the eyes: the crop is upright"
+
+
+def test_turned_head_is_not_blown_up() -> None:
+    """Yaw shrinks the eye distance but not the eye-mouth distance; scale follows the larger face-size estimate."""
+    frontal = alignment_matrix(face((300.0, 200.0), iod=80.0, roll_deg=0.0, mouth_drop=84.0), SIZE)
+    turned = alignment_matrix(face((300.0, 200.0), iod=40.0, roll_deg=0.0, mouth_drop=84.0), SIZE)
+    scale = lambda m: math.hypot(m[0, 0], m[0, 1])  # noqa: E731
+    assert scale(turned) == pytest.approx(scale(frontal), rel=0.05)
+
+
+def test_box_fallback_without_keypoints() -> None:
+    det = Detection(box=(100.0, 100.0, 200.0, 200.0), score=0.9)
+    m = alignment_matrix(det, SIZE)
+    centre = _apply(m, np.array([150.0, 150.0]))
+    assert 0 < centre[0] < SIZE and 0 < centre[1] < SIZE
+    assert m[0, 1] == 0.0, "no rotation without keypoints"
+
+
+def test_align_real_face_batches_into_reused_buffer() -> None:
+    image = read_image(media_file("multi_face.jpg"))
+    with FaceDetector("full") as detector:
+        detections = detector.detect(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    buffer = np.zeros((8, SIZE, SIZE), np.uint8)
+    crops = align_faces(gray, detections, SIZE, out=buffer)
+    assert crops.shape == (len(detections), SIZE, SIZE) and crops.dtype == np.uint8
+    assert np.shares_memory(crops, buffer), "crops are written into the caller's buffer"
+    for crop in crops:
+        assert crop.std() > 20, "a face has contrast, not a flat patch"
+        # eye row darker than the cheek row below it (eyes, brows) — the crop is a face at FER2013's framing
+        eye_row = crop[int(EYE_CENTER[1] * SIZE) - 2 : int(EYE_CENTER[1] * SIZE) + 2, 8:40].mean()
+        cheek_row = crop[int(0.6 * SIZE) - 2 : int(0.6 * SIZE) + 2, 8:40].mean()
+        assert eye_row < cheek_row
+
+
+def test_align_rejects_color() -> None:
+    with pytest.raises(ValueError, match="grayscale"):
+        align_faces(np.zeros((10, 10, 3), np.uint8), [], SIZE)
