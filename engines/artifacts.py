@@ -193,9 +193,9 @@ def read_sidecar(artifact: str | os.PathLike[str]) -> Sidecar:
     try:
         return Sidecar.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EngineError(f"{path}: sidecar is not valid JSON ({_one_line(exc)})") from exc
+        raise EngineError(f"{path}: sidecar is not valid JSON ({one_line(exc)})") from exc
     except (KeyError, TypeError, ValueError) as exc:
-        raise EngineError(f"{path}: invalid sidecar ({_one_line(exc)})") from exc
+        raise EngineError(f"{path}: invalid sidecar ({one_line(exc)})") from exc
 
 
 def load_artifact(artifact: str | os.PathLike[str], *, target: str | None = None) -> Sidecar:
@@ -242,5 +242,6 @@ def check_compatible(
         raise EngineMismatchError(f"{artifact}: built for at most {sidecar.max_batch} faces a batch, {max_batch} asked")
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An exception's message folded onto one line."""
     return " ".join(str(exc).split())

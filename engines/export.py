@@ -34,6 +34,7 @@ from .artifacts import (
     check_compatible,
     load_artifact,
     model_cache_dir,
+    one_line,
     write_artifact,
 )
 
@@ -172,7 +173,7 @@ def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
-        raise EngineError(f"cannot infer tensor types of the ONNX graph ({_one_line(exc)})") from exc
+        raise EngineError(f"cannot infer tensor types of the ONNX graph ({one_line(exc)})") from exc
     types = {init.name: init.data_type for init in inferred.graph.initializer}
     for value in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
         types[value.name] = value.type.tensor_type.elem_type
@@ -187,7 +188,7 @@ def check_onnx(model: onnx.ModelProto, what: str) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise EngineError(f"{what} fails onnx.checker ({_one_line(exc)})") from exc
+        raise EngineError(f"{what} fails onnx.checker ({one_line(exc)})") from exc
     inputs = [value.name for value in model.graph.input]
     outputs = [value.name for value in model.graph.output]
     if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
@@ -292,7 +293,3 @@ def _cache_problem(path: Path, target: str, weights_hash: str) -> str | None:
         log.warning("recompiling cached artifact: %s", exc)
         return str(exc)
     return None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())

@@ -11,7 +11,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from leaf_fer.train.weights import WeightsMetadata, model_hash
 
-from .artifacts import EngineError, EngineMismatchError, check_compatible, load_artifact
+from .artifacts import EngineError, EngineMismatchError, check_compatible, load_artifact, one_line
 from .export import ensure_onnx
 from .predictor import Predictor
 
@@ -82,7 +82,7 @@ class OrtPredictor(Predictor):
         try:
             self._session = ort.InferenceSession(str(path), options, providers=chosen)
         except ORT_LOAD_ERRORS as exc:
-            raise EngineError(f"{path}: onnxruntime cannot load it ({' '.join(str(exc).split())[:300]})") from exc
+            raise EngineError(f"{path}: onnxruntime cannot load it ({one_line(exc)[:300]})") from exc
         self.providers = self._session.get_providers()
         self._check_io(path)
 

@@ -8,6 +8,7 @@ An engine is tied to its TensorRT version and GPU: a mismatching one is rebuilt 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
@@ -38,6 +39,7 @@ from .artifacts import (
     default_cache_dir,
     load_artifact,
     model_cache_dir,
+    one_line,
     write_artifact,
 )
 from .export import ensure_onnx
@@ -126,9 +128,10 @@ def build_serialized_engine(request: EngineBuildRequest) -> tuple[bytes, TrtBuil
     trt = import_tensorrt()
     plan = build_plan(str(trt.__version__), hasattr(trt.BuilderFlag, "FP16"))
     onnx_path = ensure_onnx(request.weights, fp16=plan.fp16_onnx, output_dir=request.onnx_dir)
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = _trt_logger(trt)
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
+    strongly_typed_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    flags = 1 << int(strongly_typed_flag) if plan.strongly_typed and strongly_typed_flag is not None else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
@@ -138,10 +141,11 @@ def build_serialized_engine(request: EngineBuildRequest) -> tuple[bytes, TrtBuil
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.workspace_bytes)
     if not plan.strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
+        _prefer_fp32_for_sensitive_layers(trt, network, config)
     size = request.input_size
     shapes = {name: [batch, 1, size, size] for name, batch in (("min", 1), ("opt", request.opt_batch), ("max", request.max_batch))}
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
+    profile.set_shape(INPUT_NAME, tuple(shapes["min"]), tuple(shapes["opt"]), tuple(shapes["max"]))
     config.add_optimization_profile(profile)
     _attach_timing_cache(config, request.timing_cache)
     serialized = builder.build_serialized_network(network, config)
@@ -157,6 +161,18 @@ def build_serialized_engine(request: EngineBuildRequest) -> tuple[bytes, TrtBuil
         profile=shapes,
     )
     return bytes(memoryview(serialized)), info
+
+
+def _prefer_fp32_for_sensitive_layers(trt: ModuleType, network: Any, config: Any) -> None:
+    """Weak typing (TensorRT 10): ask for FP32 softmax, reductions and normalisation layers."""
+    sensitive = {getattr(trt.LayerType, name) for name in ("SOFTMAX", "REDUCE", "NORMALIZATION") if hasattr(trt.LayerType, name)}
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type in sensitive:
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                layer.set_output_type(output, trt.float32)
+    config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
 
 
 def _attach_timing_cache(config: Any, path: Path) -> None:
@@ -291,8 +307,11 @@ class TrtPredictor(Predictor):
         self.sidecar, self.engine_path, self.environment = sidecar, path, env
         self.precision = sidecar.precision
         self.max_batch = int(sidecar.max_batch or max_batch)
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        self._runtime = trt.Runtime(_trt_logger(trt))
+        try:
+            self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise EngineError(f"{path}: TensorRT cannot deserialize it ({one_line(exc)}); recompile it") from exc
         if self._engine is None:
             raise EngineError(f"{path}: TensorRT cannot deserialize it (corrupt, or built by another TensorRT); recompile it")
         self._context = self._engine.create_execution_context()
@@ -334,6 +353,12 @@ class TrtPredictor(Predictor):
     def close(self) -> None:
         for name in ("_context", "_engine", "_runtime", "_input", "_output"):
             self.__dict__.pop(name, None)
+
+
+@functools.cache
+def _trt_logger(trt: ModuleType) -> Any:
+    """One TensorRT logger per process (TensorRT warns when builders and runtimes get different ones)."""
+    return trt.Logger(trt.Logger.WARNING)
 
 
 def _torch_dtype(trt: ModuleType, dtype: Any) -> torch.dtype:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-CHUNK = 32
+CHUNK = 16
 
 
 def shared_dir() -> Path:
