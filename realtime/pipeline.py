@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from leaf_fer.engines import BACKENDS, Predictor
+from leaf_fer.engines import Predictor
 from leaf_fer.engines import create_predictor as create_engine_predictor
 
 from .align import align_faces
@@ -32,6 +32,9 @@ from .detector import MODEL_FILES, FaceDetector
 from .smoothing import ProbabilitySmoother
 from .tracker import Tracker
 from .types import FacePrediction, Frame, FrameResult, StageTimings
+
+BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
+"""Backend names accepted by :class:`PipelineConfig` (the engines' ``create_predictor`` names)."""
 
 
 @dataclass
