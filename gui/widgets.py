@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from PyQt6.QtCore import QPointF, QRectF, QSize, Qt, pyqtSignal
-from PyQt6.QtGui import QColor, QFont, QImage, QMouseEvent, QPainter, QPainterPath, QPaintEvent, QPen
+from PyQt6.QtGui import QColor, QFont, QFontMetrics, QImage, QMouseEvent, QPainter, QPainterPath, QPaintEvent, QPen
 from PyQt6.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QToolButton, QWidget
 
 from leaf_fer.realtime.annotators import CLASS_COLORS as OVERLAY_CLASS_COLORS
@@ -160,14 +160,14 @@ class ProbabilityBars(QWidget):
     def paintEvent(self, event: QPaintEvent | None) -> None:
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        metrics = painter.fontMetrics()
+        regular, bold = QFont(painter.font()), QFont(painter.font())
+        bold.setBold(True)
+        metrics = QFontMetrics(bold)
         label_w = max((metrics.horizontalAdvance(c) for c in self._classes), default=0) + 8
         value_w = metrics.horizontalAdvance("100%") + 6
         bar_x = label_w
         bar_w = max(10, self.width() - label_w - value_w)
         best = max(range(len(self._values)), key=lambda i: self._values[i]) if self._values else -1
-        regular, bold = QFont(painter.font()), QFont(painter.font())
-        bold.setBold(True)
         for i, name in enumerate(self._classes):
             top = 4 + i * self._row_height
             row = QRectF(0, top, self.width(), self._row_height)

@@ -20,6 +20,11 @@ class Batch:
     targets: torch.Tensor | None = None
 
 
+def scalars(**values: torch.Tensor) -> dict[str, float]:
+    """Detached Python floats for the step log."""
+    return {name: float(value.detach()) for name, value in values.items()}
+
+
 @dataclass
 class StepResult:
     loss: torch.Tensor
@@ -64,7 +69,7 @@ class Supervised(Algorithm):
     def train_step(self, labeled: Batch, unlabeled: Batch | None) -> StepResult:
         out = self.forward(weak_augment(labeled.images))
         loss = soft_cross_entropy(out.logits, labeled.targets)
-        return StepResult(loss, {"loss_x": float(loss.detach())})
+        return StepResult(loss, scalars(loss_x=loss))
 
 
 class FixMatch(Algorithm):
@@ -88,7 +93,7 @@ class FixMatch(Algorithm):
         mask = (confidence >= self.threshold).float()
         loss_u = (F.cross_entropy(logits_s.float(), pseudo, reduction="none") * mask).mean()
         loss = loss_x + loss_u
-        return StepResult(loss, {"loss_x": float(loss_x), "loss_u": float(loss_u), "mask": float(mask.mean())})
+        return StepResult(loss, scalars(loss_x=loss_x, loss_u=loss_u, mask=mask.mean()))
 
 
 class Leaf(Algorithm):
@@ -125,8 +130,7 @@ class Leaf(Algorithm):
         uncertain = ~confident
         loss_s = contrastive_loss(emb_w1[uncertain].float(), emb_w2[uncertain].float())
         loss = self.weight_x * loss_x + self.weight_u * loss_u + self.weight_s * loss_s
-        return StepResult(loss, {"loss_x": float(loss_x), "loss_u": float(loss_u), "loss_s": float(loss_s),
-                                 "mask": float(confident.float().mean())})
+        return StepResult(loss, scalars(loss_x=loss_x, loss_u=loss_u, loss_s=loss_s, mask=confident.float().mean()))
 
 
 ALGORITHMS = {"supervised": Supervised, "fixmatch": FixMatch, "leaf": Leaf}
