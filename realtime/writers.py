@@ -10,13 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, TypeVar
 
 import cv2
 import numpy as np
+
+from leaf_fer.train.weights import atomic_write_bytes as write_bytes_atomically
 
 from .detector import KEYPOINT_NAMES
 from .types import FrameResult
@@ -49,17 +50,12 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     except OSError as exc:
         raise WriterError(f"{path.parent}: output folder not writable ({exc.strerror or exc})") from exc
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_bytes_atomically(path, payload)
+    except PermissionError as exc:
+        raise WriterError(f"{path.parent}: output folder not writable ({exc.strerror or exc})") from exc
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
