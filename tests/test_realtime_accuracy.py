@@ -10,18 +10,9 @@ from realtime_media import SAMPLE_HAPPY_FRAMES
 from leaf_fer.realtime.annotate import sample_video
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
 from leaf_fer.realtime.sources import open_source
-from leaf_fer.train.weights import default_weights_path, read_metadata
-
-
-def _placeholder_weights() -> bool:
-    """The shipped weights' metadata marks the random-init stand-in used until the trained model is committed."""
-    return bool(read_metadata(default_weights_path()).training.get("placeholder"))
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    _placeholder_weights(), reason="shipped weights are the random-init placeholder until the trained model lands"
-)
 def test_happy_segment_predicted_as_happiness() -> None:
     labels: Counter[str] = Counter()
     with Pipeline(PipelineConfig(draw=False)) as pipeline, open_source(sample_video()) as source:
