@@ -19,6 +19,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "leaf w/o semantic": {"method": "leaf", "semantic_level": False},
     "leaf w/o instance": {"method": "leaf", "instance_level": False},
     "leaf w/o category": {"method": "leaf", "category_level": False},
+    "leaf w/o contrastive": {"method": "leaf", "contrastive_weight": 0.0},
 }
 
 

@@ -40,6 +40,7 @@ class TrainConfig:
     semantic_level: bool = True
     instance_level: bool = True
     category_level: bool = True
+    contrastive_weight: float = 0.1
     epochs: int = 30
     iterations_per_epoch: int = 0
     batch_size: int = 128
@@ -321,15 +322,17 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
 
 
 def _run_identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The options that define a run; where and how fast it runs may change across a resume."""
-    return {k: v for k, v in config.items() if k not in ("output", "device", "threads")}
+    """The options that define a run (options added since it was saved take their defaults); where and how fast it
+    runs may change across a resume."""
+    full = asdict(TrainConfig()) | config
+    return {k: v for k, v in full.items() if k not in ("output", "device", "threads")}
 
 
 def _make_algorithm(config: TrainConfig, net: LeafNet) -> Algorithm:
     cls = ALGORITHMS[config.method]
     num_classes = net.config.num_classes
     if config.method == "leaf":
-        return cls(net, num_classes, category_level=config.category_level)
+        return cls(net, num_classes, category_level=config.category_level, weight_s=config.contrastive_weight)
     return cls(net, num_classes)
 
 
