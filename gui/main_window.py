@@ -225,25 +225,11 @@ class MainWindow(QMainWindow):
         self.model_edit = QLineEdit()
         self.model_edit.setPlaceholderText("bundled default weights")
         self.model_edit.editingFinished.connect(self._settings_edited)
-        model_button = QToolButton()
-        model_button.setText("…")
-        model_button.setToolTip("Choose a weights file")
-        model_button.clicked.connect(self.choose_model)
-        model_row = QHBoxLayout()
-        model_row.addWidget(self.model_edit, 1)
-        model_row.addWidget(model_button)
-        form.addRow("Model", model_row)
+        form.addRow("Model", _path_row(self.model_edit, "Choose a weights file", self.choose_model))
 
         self.output_edit = QLineEdit(str(self.output_dir))
         self.output_edit.editingFinished.connect(self._output_edited)
-        output_button = QToolButton()
-        output_button.setText("…")
-        output_button.setToolTip("Folder for recordings and snapshots")
-        output_button.clicked.connect(self.choose_output_dir)
-        output_row = QHBoxLayout()
-        output_row.addWidget(self.output_edit, 1)
-        output_row.addWidget(output_button)
-        form.addRow("Save to", output_row)
+        form.addRow("Save to", _path_row(self.output_edit, "Folder for recordings and snapshots", self.choose_output_dir))
         layout.addWidget(settings_box)
         return panel
 
@@ -718,3 +704,15 @@ def default_output_dir() -> Path:
     movies = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.MoviesLocation)
     base = Path(movies) if movies else Path.home()
     return base / "leaf-fer"
+
+
+def _path_row(edit: QLineEdit, tooltip: str, choose: Callable[[], None]) -> QHBoxLayout:
+    """A path field with a "…" button that opens a chooser."""
+    button = QToolButton()
+    button.setText("…")
+    button.setToolTip(tooltip)
+    button.clicked.connect(choose)
+    row = QHBoxLayout()
+    row.addWidget(edit, 1)
+    row.addWidget(button)
+    return row
