@@ -50,12 +50,14 @@ class OutputPaths:
     csv: Path
     summary: Path
     timeline: Path
+    faces: Path
 
     @classmethod
     def for_input(cls, outdir: Path, stem: str, still: bool) -> "OutputPaths":
         folder = outdir / stem
         media = folder / (f"{stem}.annotated.png" if still else f"{stem}.annotated.mp4")
-        return cls(folder, media, folder / f"{stem}.csv", folder / f"{stem}.json", folder / f"{stem}.timeline.png")
+        return cls(folder, media, folder / f"{stem}.csv", folder / f"{stem}.json", folder / f"{stem}.timeline.png",
+                   folder / f"{stem}.faces.npz")
 
 
 @dataclass
@@ -116,7 +118,7 @@ def input_fingerprint(path: Path) -> dict[str, int]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def annotation_settings(pipeline: Pipeline) -> dict[str, Any]:
+def annotation_settings(pipeline: Pipeline, save_faces_every: int = 0) -> dict[str, Any]:
     """Everything that changes the outputs; a summary made with other settings is redone, not skipped."""
     c = pipeline.config
     weights = Path(c.weights) if c.weights is not None else default_weights_path()
@@ -128,6 +130,7 @@ def annotation_settings(pipeline: Pipeline) -> dict[str, Any]:
         "smoothing_alpha": c.smoothing_alpha,
         "max_faces": c.max_faces,
         "max_lost": c.max_lost,
+        "save_faces_every": save_faces_every,
     }
 
 
@@ -150,7 +153,7 @@ def _prepare_folder(paths: OutputPaths) -> None:
     try:
         paths.folder.mkdir(parents=True, exist_ok=True)
         paths.summary.unlink(missing_ok=True)
-        for old in (paths.media, paths.csv, paths.timeline):
+        for old in (paths.media, paths.csv, paths.timeline, paths.faces):
             old.unlink(missing_ok=True)
         for leftover in paths.folder.glob(".*.partial*"):
             leftover.unlink(missing_ok=True)
@@ -223,6 +226,35 @@ class _Collector:
         return out
 
 
+class _FaceKeeper:
+    """Aligned face crops of every ``every``-th frame, with their frame index and track id (unlabeled training data)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.images: list[np.ndarray] = []
+        self.frames: list[int] = []
+        self.track_ids: list[int] = []
+
+    def add(self, result: FrameResult) -> None:
+        if self.every <= 0 or result.crops is None or result.frame.index % self.every:
+            return
+        for face, crop in zip(result.faces, result.crops):
+            self.images.append(crop.copy())
+            self.frames.append(result.frame.index)
+            self.track_ids.append(face.track_id)
+
+    def npz_bytes(self) -> bytes:
+        size = self.images[0].shape[-1] if self.images else 48
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            images=np.stack(self.images) if self.images else np.zeros((0, size, size), np.uint8),
+            frame=np.asarray(self.frames, dtype=np.int64),
+            track_id=np.asarray(self.track_ids, dtype=np.int64),
+        )
+        return buffer.getvalue()
+
+
 def plot_timeline(collector: _Collector, title: str) -> bytes:
     """PNG: one row per track (the longest ones) on a shared time axis, smoothed class probabilities stacked."""
     tracks = sorted(collector.tracks.items(), key=lambda kv: -len(kv[1]["frame"]))[:MAX_TIMELINE_TRACKS]
@@ -263,9 +295,12 @@ def plot_timeline(collector: _Collector, title: str) -> bytes:
 
 
 def annotate_file(
-    path: Path, paths: OutputPaths, pipeline: Pipeline, *, progress: bool = True
+    path: Path, paths: OutputPaths, pipeline: Pipeline, *, progress: bool = True, save_faces_every: int = 0
 ) -> tuple[dict[str, Any], list[str]]:
-    """Annotate one video or image into ``paths`` → (summary, warnings). Raises SourceError/WriterError/OSError."""
+    """Annotate one video or image into ``paths`` → (summary, warnings). Raises SourceError/WriterError/OSError.
+
+    ``save_faces_every`` > 0 also keeps the aligned face crops of every N-th frame in ``<stem>.faces.npz``
+    (``images``, ``frame``, ``track_id``): unlabeled faces for ``leaf-fer train --unlabeled-data``."""
     source = open_source(path)
     if not isinstance(source, (VideoFileSource, ImageSource)):
         source.close()
@@ -274,6 +309,7 @@ def annotate_file(
     still = isinstance(source, ImageSource)
     warnings: list[str] = []
     collector = _Collector(pipeline.classes)
+    keeper = _FaceKeeper(save_faces_every)
     pipeline.reset()
     started = time.perf_counter()
     try:
@@ -293,6 +329,7 @@ def annotate_file(
         ) as bar:
             for result in pipeline.run(source):
                 collector.add(result)
+                keeper.add(result)
                 csv_writer.write(result)
                 assert result.annotated is not None
                 if video_writer is not None:
@@ -318,6 +355,9 @@ def annotate_file(
     if not still:
         atomic_write_bytes(paths.timeline, plot_timeline(collector, path.name))
         outputs["timeline"] = paths.timeline.name
+    if save_faces_every > 0:
+        atomic_write_bytes(paths.faces, keeper.npz_bytes())
+        outputs["faces"] = paths.faces.name
     wall_s = time.perf_counter() - started
     if isinstance(source, VideoFileSource) and source.truncated:
         warnings.append(f"truncated video: decoded {source.frames_read} of {source.frame_count} declared frames")
@@ -330,7 +370,7 @@ def annotate_file(
         "complete": True,
         "input": str(path),
         "input_fingerprint": fingerprint,
-        "settings": annotation_settings(pipeline),
+        "settings": annotation_settings(pipeline, save_faces_every),
         "config": pipeline.config.to_dict(),
         "backend": pipeline.backend_name,
         "media": {
@@ -344,6 +384,7 @@ def annotate_file(
             "truncated": bool(isinstance(source, VideoFileSource) and source.truncated),
         },
         "frames_with_faces": collector.frames_with_faces,
+        "saved_faces": len(keeper.images),
         "faces": collector.faces,
         "tracks": collector.track_summaries(),
         "label_counts": {c: int(n) for c, n in zip(pipeline.classes, collector.label_counts)},
@@ -370,6 +411,7 @@ def annotate_inputs(
     progress: bool = True,
     on_outcome: Callable[[AnnotateOutcome], None] | None = None,
     pipeline: Pipeline | None = None,
+    save_faces_every: int = 0,
 ) -> list[AnnotateOutcome]:
     """Annotate every input (folders expanded) into ``outdir``; one outcome per input, failures included.
 
@@ -387,11 +429,12 @@ def annotate_inputs(
         raise ValueError("annotate needs a pipeline that draws (config.draw=True)")
     outcomes: list[AnnotateOutcome] = []
     try:
-        settings = annotation_settings(pipeline)
+        settings = annotation_settings(pipeline, save_faces_every)
         for path, stem in zip(files, output_stems(files)):
             still = path.suffix.lower() in IMAGE_EXTENSIONS
             paths = OutputPaths.for_input(outdir, stem, still)
-            outcome = _annotate_one(path, paths, pipeline, settings, overwrite=overwrite, progress=progress)
+            outcome = _annotate_one(path, paths, pipeline, settings, overwrite=overwrite, progress=progress,
+                                    save_faces_every=save_faces_every)
             outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
@@ -402,12 +445,13 @@ def annotate_inputs(
 
 
 def _annotate_one(
-    path: Path, paths: OutputPaths, pipeline: Pipeline, settings: dict[str, Any], *, overwrite: bool, progress: bool
+    path: Path, paths: OutputPaths, pipeline: Pipeline, settings: dict[str, Any], *, overwrite: bool, progress: bool,
+    save_faces_every: int = 0,
 ) -> AnnotateOutcome:
     try:
         if not overwrite and path.is_file() and is_complete(paths, input_fingerprint(path), settings):
             return AnnotateOutcome(path, "skipped", "already annotated", paths)
-        summary, warnings = annotate_file(path, paths, pipeline, progress=progress)
+        summary, warnings = annotate_file(path, paths, pipeline, progress=progress, save_faces_every=save_faces_every)
     except (SourceError, WriterError) as exc:
         return AnnotateOutcome(path, "failed", str(exc), paths)
     except OSError as exc:

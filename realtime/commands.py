@@ -37,6 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     annotate.add_argument("-o", "--outdir", default="annotations", help="output folder (default: ./annotations)")
     annotate.add_argument("--overwrite", action="store_true", help="redo inputs that are already annotated")
     annotate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    annotate.add_argument(
+        "--save-faces",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also keep the aligned face crops of every N-th frame in <name>.faces.npz: unlabeled faces for "
+        "`leaf-fer train --unlabeled-data 'OUTDIR/**/*.faces.npz'` (default 0: off)",
+    )
     _add_pipeline_options(annotate)
     annotate.set_defaults(func=run_annotate)
 
@@ -81,6 +89,8 @@ def run_annotate(args: argparse.Namespace) -> int:
         max_faces=args.max_faces,
     )
     config.validate()
+    if args.save_faces < 0:
+        raise ValueError(f"--save-faces must be 0 (off) or a positive frame step, got {args.save_faces}")
 
     def report(outcome: AnnotateOutcome) -> None:
         print(outcome.line(), file=sys.stderr if outcome.status == "failed" else sys.stdout, flush=True)
@@ -93,6 +103,7 @@ def run_annotate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         on_outcome=report,
+        save_faces_every=args.save_faces,
     )
     counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")}
     print(

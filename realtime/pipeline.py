@@ -191,7 +191,7 @@ class Pipeline:
         timings.track_align_ms = (t2 - t1) * 1e3
         timings.infer_ms = (t3 - t2) * 1e3
         timings.smooth_ms = (t4 - t3) * 1e3
-        result = FrameResult(frame=frame, faces=faces, classes=self.classes, timings=timings)
+        result = FrameResult(frame=frame, faces=faces, classes=self.classes, timings=timings, crops=crops)
         if self.config.draw:
             scene = image.copy()
             for annotator in self.annotators:

@@ -72,7 +72,8 @@ class FrameResult:
     """Everything the pipeline knows about one frame; ``annotated`` is filled by the overlay stage.
 
     ``latency_ms`` runs from capture to result, so for a live source it includes the time the frame waited in the
-    source's buffer; 0 when the capture time is unknown.
+    source's buffer; 0 when the capture time is unknown. ``crops`` are the aligned model inputs, one per face, valid
+    until the pipeline processes the next frame (copy them to keep them).
     """
 
     frame: Frame
@@ -81,3 +82,4 @@ class FrameResult:
     timings: StageTimings
     annotated: np.ndarray | None = None
     latency_ms: float = 0.0
+    crops: np.ndarray | None = None

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from realtime_media import FACE_NOFACE_EMPTY_FRAMES, FACE_NOFACE_FACE_FRAMES, media_file
 
@@ -103,6 +104,30 @@ def test_rerun_skips_finished_and_redoes_changed(tmp_path: Path, pipeline: Pipel
     (redone,) = annotate_inputs([clip], out, pipeline=pipeline, progress=False)
     assert redone.status == "done", "a missing output means the input is not finished"
     assert (out / "clip" / "clip.csv").is_file()
+
+
+def test_saved_faces_become_unlabeled_training_data(tmp_path: Path, pipeline: Pipeline) -> None:
+    from leaf_fer.train.data import load_unlabeled_faces
+
+    clip = media_file("face_noface.mov")
+    (outcome,) = annotate_inputs([clip], tmp_path, pipeline=pipeline, progress=False, save_faces_every=10)
+    assert outcome.status == "done", outcome.message
+    folder = tmp_path / "face_noface"
+    rows = _rows(folder / "face_noface.csv")
+    expected = sorted(int(r["frame"]) for r in rows if int(r["frame"]) % 10 == 0)
+    with np.load(folder / "face_noface.faces.npz") as saved:
+        assert saved["images"].shape == (len(expected), 48, 48) and saved["images"].dtype == np.uint8
+        assert sorted(saved["frame"].tolist()) == expected
+        assert set(saved["track_id"].tolist()) == {1}
+        assert saved["images"].std() > 10, "real face crops, not blank buffers"
+    assert outcome.summary is not None and outcome.summary["saved_faces"] == len(expected)
+    faces = load_unlabeled_faces(f"{tmp_path}/**/*.faces.npz")
+    assert faces.shape == (len(expected), 48, 48)
+    (again,) = annotate_inputs([clip], tmp_path, pipeline=pipeline, progress=False, save_faces_every=10)
+    assert again.status == "skipped"
+    (other,) = annotate_inputs([clip], tmp_path, pipeline=pipeline, progress=False)
+    assert other.status == "done", "different face-saving settings redo the input"
+    assert not (folder / "face_noface.faces.npz").exists()
 
 
 def test_bad_inputs_are_reported_and_others_still_done(tmp_path: Path, pipeline: Pipeline) -> None:

@@ -150,3 +150,33 @@ def test_subset_and_hash():
     part = data.subset(np.array([1, 3]))
     assert part.fer2013_labels.tolist() == [1, 3]
     assert part.content_hash() != data.content_hash()
+
+
+def test_unlabeled_faces_from_folder_and_npz(tmp_path):
+    from leaf_fer.train.data import load_unlabeled_faces
+
+    crops = tmp_path / "crops" / "clip1"
+    crops.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(crops / "a.png"), rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    cv2.imwrite(str(crops / "b.jpg"), rng.integers(0, 255, (40, 40), dtype=np.uint8))
+    (crops / "notes.txt").write_text("ignored")
+    faces = load_unlabeled_faces(tmp_path / "crops")
+    assert faces.shape == (2, 48, 48) and faces.dtype == np.uint8
+
+    np.savez(tmp_path / "u.npz", images=rng.integers(0, 255, (5, 48, 48), dtype=np.uint8))
+    assert load_unlabeled_faces(tmp_path / "u.npz").shape == (5, 48, 48)
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no face images"):
+        load_unlabeled_faces(tmp_path / "empty")
+    (crops / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="not a readable image"):
+        load_unlabeled_faces(tmp_path / "crops")
+    with pytest.raises(DataError, match="expected an .npz file, a face image or a folder"):
+        load_unlabeled_faces(tmp_path / "missing")
+    (tmp_path / "run" / "clip").mkdir(parents=True)
+    np.savez(tmp_path / "run" / "clip" / "clip.faces.npz", images=rng.integers(0, 255, (3, 48, 48), dtype=np.uint8))
+    assert load_unlabeled_faces(f"{tmp_path}/**/*.faces.npz").shape == (3, 48, 48)
+    with pytest.raises(DataError, match="no files match"):
+        load_unlabeled_faces(f"{tmp_path}/**/*.nothing")

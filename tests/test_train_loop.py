@@ -42,6 +42,17 @@ def test_semi_supervised_needs_unlabeled(train_npz, publictest_npz, tmp_path):
         tiny_config(train_npz, publictest_npz, tmp_path, method="leaf", label_fraction=1.0).validate()
 
 
+def test_all_labels_plus_unlabeled_crops(train_npz, publictest_npz, tmp_path):
+    faces = np.load(publictest_npz)["images"][:40]
+    np.savez(tmp_path / "crops.npz", images=faces)
+    config = tiny_config(train_npz, publictest_npz, tmp_path / "run", method="leaf", label_fraction=1.0,
+                         unlabeled_data=str(tmp_path / "crops.npz"), max_train_samples=100)
+    train(config, progress=False)
+    _, metadata = load_weights(tmp_path / "run" / "model.safetensors")
+    assert metadata.training["labeled"] > 80
+    assert metadata.training["unlabeled"] == 40 + 100 - metadata.training["labeled"]
+
+
 def test_killed_run_resumes(train_npz, publictest_npz, tmp_path):
     output = tmp_path / "run"
     args = [sys.executable, "-m", "leaf_fer", "train", "--data", str(train_npz), "--val-data", str(publictest_npz),

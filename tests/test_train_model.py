@@ -111,3 +111,38 @@ def test_shipped_default_weights_load():
     net, metadata = load_weights(None)
     assert metadata.model.classes[1] == "happiness"
     assert np.isfinite(net(torch.zeros(1, 1, 48, 48)).detach().numpy()).all()
+
+
+def test_thresholds_follow_annotator_agreement():
+    from leaf_fer.train.algorithms import FixMatch, Leaf
+    from leaf_fer.train.trainer import TrainConfig, confidence_ceiling
+
+    soft = torch.tensor([[0.7, 0.3, 0.0], [0.5, 0.25, 0.25], [1.0, 0.0, 0.0]])
+    assert confidence_ceiling(TrainConfig(data="x"), soft) == pytest.approx(0.7333, abs=1e-4)
+    assert confidence_ceiling(TrainConfig(data="x", agreement_thresholds=False), soft) == 1.0
+    assert confidence_ceiling(TrainConfig(data="x"), torch.eye(3)) == 1.0
+
+    net = LeafNet(ModelConfig(backbone="resnet-xs", num_classes=3, classes=("a", "b", "c")))
+    leaf = Leaf(net, 3, confidence_ceiling=0.75)
+    assert torch.allclose(leaf.thresholds, torch.full((3,), 0.6))
+    leaf.update_thresholds(torch.tensor([0.9, 0.7, 0.5, 0.95]), torch.tensor([True, True, True, False]),
+                           torch.tensor([0, 0, 1, 2]))
+    assert leaf.thresholds.tolist() == pytest.approx([0.8, 0.6, 0.6])
+
+    fixmatch = FixMatch(net, 3, autocast=False, confidence_ceiling=0.75)
+    confident_logits = torch.tensor([[2.0, 0.0, 0.0]])
+    assert 0.75 * 0.95 < torch.softmax(confident_logits, -1).max() < 0.95
+    net.eval()
+    from leaf_fer.train.algorithms import Batch
+    with torch.no_grad():
+        original = net.classifier.weight.clone(), net.classifier.bias.clone()
+        net.classifier.weight.zero_()
+        net.classifier.bias.copy_(confident_logits[0])
+        labeled = Batch(torch.rand(2, 1, 48, 48), torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
+        scaled = fixmatch.train_step(labeled, Batch(torch.rand(4, 1, 48, 48)))
+        published = FixMatch(net, 3, autocast=False).train_step(labeled, Batch(torch.rand(4, 1, 48, 48)))
+        net.classifier.weight.copy_(original[0])
+        net.classifier.bias.copy_(original[1])
+    assert scaled.logs["mask"] == 1.0 and published.logs["mask"] == 0.0
+    with pytest.raises(ValueError, match="confidence ceiling"):
+        Leaf(net, 3, confidence_ceiling=0.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,14 +31,15 @@ def variant_config(base: TrainConfig, variant: str, seed: int, output: Path) -> 
 
 
 def run_ablation(base: TrainConfig, variants: list[str], seeds: list[int], output: Path, progress: bool = True) -> dict[str, Any]:
-    """Train every (variant, seed), each resumable; write results.json, results.md and results.png."""
+    """Train every (variant, seed), seed by seed so that a full table of one seed comes first; each run resumes."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     output.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
-    for variant in variants:
-        for seed in seeds:
+    report: dict[str, Any] = {}
+    for seed in seeds:
+        for variant in variants:
             config = variant_config(base, variant, seed, output)
             print(f"== {variant}, seed {seed}", flush=True)
             result = train(config, progress=progress)
@@ -45,6 +47,12 @@ def run_ablation(base: TrainConfig, variants: list[str], seeds: list[int], outpu
             runs.append({"variant": variant, "seed": seed, "accuracy": best["val_accuracy"],
                          "macro_f1": best["val_macro_f1"], "best_epoch": result["best_epoch"],
                          "train_seconds": result["elapsed_s"]})
+            report = write_report(base, seeds, runs, output)
+    return report
+
+
+def write_report(base: TrainConfig, seeds: list[int], runs: list[dict[str, Any]], output: Path) -> dict[str, Any]:
+    """results.json, results.md and results.png of the runs so far (rewritten after every run, atomically)."""
     summary = summarise(runs)
     report = {"label_fraction": base.label_fraction, "budget": {"epochs": base.epochs,
               "iterations_per_epoch": base.iterations_per_epoch, "batch_size": base.batch_size,
@@ -94,5 +102,7 @@ def plot_summary(summary: dict[str, dict[str, float]], path: Path, fraction: flo
     ax.set_title(f"FER+ with {100 * fraction:.0f}% labels")
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    partial = path.with_name(path.name + ".partial.png")
+    fig.savefig(partial, dpi=100)
     plt.close(fig)
+    os.replace(partial, path)

@@ -7,6 +7,7 @@ labels. :func:`targets_for` turns those into soft training targets and hard labe
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +224,49 @@ def load_dataset(path: str | Path, ferplus_csv: str | Path | None = None, usage:
     if path.is_dir():
         return load_image_folder(path)
     raise DataError(f"{path}: expected an .npz file, a fer2013.csv file or an image folder")
+
+
+def load_unlabeled_faces(spec: str | Path) -> np.ndarray:
+    """Extra unlabeled faces, uint8 [N,48,48], from a path or a glob pattern (``**`` recursive) matching npz files
+    with ``images`` (labels, if any, ignored), face images, or folders of face images (searched recursively). The
+    face crops ``leaf-fer annotate --save-faces`` keeps from your videos: ``annotations/**/*.faces.npz``."""
+    text = str(spec)
+    paths = sorted(Path(p) for p in glob.glob(text, recursive=True)) if glob.has_magic(text) else [Path(text)]
+    if not paths:
+        raise DataError(f"{text}: no files match")
+    parts = [_unlabeled_from(path) for path in paths]
+    faces = np.concatenate(parts) if parts else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    if len(faces) == 0:
+        raise DataError(f"{text}: no face images found")
+    return faces
+
+
+def _unlabeled_from(path: Path) -> np.ndarray:
+    if path.suffix == ".npz":
+        _require_file(path)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if "images" not in npz.files:
+                    raise DataError(f"{path}: no 'images' array (found {sorted(npz.files)})")
+                images = np.asarray(npz["images"])
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"{path}: not a readable npz file ({exc})") from exc
+        return _as_face_images(images, str(path)) if len(images) else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        files = [path]
+    else:
+        raise DataError(f"{path}: expected an .npz file, a face image or a folder of face images")
+    crops = []
+    for file in files:
+        image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise DataError(f"{file}: not a readable image")
+        crops.append(_to_gray48(image, str(file)))
+    return np.stack(crops) if crops else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
 
 
 def ferplus_majority(votes: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .algorithms import ALGORITHMS, Algorithm, Batch
-from .data import FaceData, Targets, load_dataset, stratified_fraction, targets_for
+from .data import FaceData, Targets, load_dataset, load_unlabeled_faces, stratified_fraction, targets_for
 from .metrics import Scores, plot_confusion, plot_curves, score
 from .model import FER2013_CLASSES, FERPLUS_CLASSES, LeafNet, ModelConfig, count_parameters
 from .weights import WeightsMetadata, atomic_write_bytes, file_sha256, save_weights
@@ -32,6 +33,7 @@ class TrainConfig:
     data: str = ""
     ferplus_csv: str | None = None
     val_data: str | None = None
+    unlabeled_data: str | None = None
     val_fraction: float = 0.1
     classes: str = "ferplus"
     label_fraction: float = 1.0
@@ -41,6 +43,7 @@ class TrainConfig:
     instance_level: bool = True
     category_level: bool = True
     contrastive_weight: float = 0.1
+    agreement_thresholds: bool = True
     epochs: int = 30
     iterations_per_epoch: int = 0
     batch_size: int = 128
@@ -73,8 +76,9 @@ class TrainConfig:
             raise ValueError(f"unknown method {self.method!r}; choose from {sorted(ALGORITHMS)}")
         if self.classes not in CLASS_SETS:
             raise ValueError(f"unknown class set {self.classes!r}; choose from {sorted(CLASS_SETS)}")
-        if self.method != "supervised" and self.label_fraction >= 1.0:
-            raise ValueError(f"method {self.method!r} needs unlabeled data: set a label fraction below 1")
+        if self.method != "supervised" and self.label_fraction >= 1.0 and not self.unlabeled_data:
+            raise ValueError(f"method {self.method!r} needs unlabeled data: set a label fraction below 1 "
+                             "or give --unlabeled-data (npz or folder of face crops)")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("epochs must be ≥ 1 and batch size ≥ 2")
 
@@ -127,14 +131,20 @@ def prepare_splits(config: TrainConfig) -> Splits:
     if config.val_data is None:
         unlabeled_index = np.setdiff1d(unlabeled_index, np.setdiff1d(usable, train_index))
     as_tensor = lambda images: torch.from_numpy(np.ascontiguousarray(images))  # noqa: E731
+    unlabeled_images = train.images[unlabeled_index]
+    data_hash = train.content_hash() + ":" + val.content_hash()
+    if config.unlabeled_data:
+        extra = load_unlabeled_faces(config.unlabeled_data)
+        unlabeled_images = np.concatenate([unlabeled_images, extra])
+        data_hash += ":" + hashlib.sha256(extra.tobytes()).hexdigest()[:16]
     return Splits(
         labeled_images=as_tensor(train.images[labeled_index]),
         labeled_targets=torch.from_numpy(targets.soft[labeled_index]),
         labeled_hard=torch.from_numpy(targets.hard[labeled_index]),
-        unlabeled_images=as_tensor(train.images[unlabeled_index]),
+        unlabeled_images=as_tensor(unlabeled_images),
         val_images=as_tensor(val.images[val_rows]),
         val_hard=val_targets.hard[val_rows],
-        data_hash=train.content_hash() + ":" + val.content_hash(),
+        data_hash=data_hash,
     )
 
 
@@ -242,7 +252,7 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
     model_config = config.model_config()
     student = LeafNet(model_config).to(device)
     teacher = EmaTeacher(student, config.ema_decay)
-    algorithm: Algorithm = _make_algorithm(config, student)
+    algorithm: Algorithm = _make_algorithm(config, student, confidence_ceiling(config, splits.labeled_targets))
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = config.iterations_per_epoch or max(1, len(splits.labeled_images) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -259,6 +269,9 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
     log_file = output / "train_log.jsonl"
     print(f"{config.method}: {len(splits.labeled_images)} labeled, {len(splits.unlabeled_images)} unlabeled, "
           f"{len(splits.val_images)} validation; {count_parameters(student) / 1e6:.2f}M parameters on {device}")
+    if algorithm.uses_unlabeled:
+        print(f"confidence thresholds scaled by {algorithm.confidence_ceiling:.3f} (labeled targets' mean top probability)"
+              if algorithm.confidence_ceiling < 1.0 else "confidence thresholds as published (one-hot targets)")
 
     for epoch in range(state["epoch"], config.epochs):
         start = time.perf_counter()
@@ -328,12 +341,20 @@ def _run_identity(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in full.items() if k not in ("output", "device", "threads")}
 
 
-def _make_algorithm(config: TrainConfig, net: LeafNet) -> Algorithm:
+def confidence_ceiling(config: TrainConfig, labeled_targets: torch.Tensor) -> float:
+    """The labeled targets' mean largest probability (annotator agreement) when thresholds follow it, else 1."""
+    if not config.agreement_thresholds or len(labeled_targets) == 0:
+        return 1.0
+    return float(labeled_targets.max(dim=1).values.mean())
+
+
+def _make_algorithm(config: TrainConfig, net: LeafNet, ceiling: float) -> Algorithm:
     cls = ALGORITHMS[config.method]
     num_classes = net.config.num_classes
     if config.method == "leaf":
-        return cls(net, num_classes, category_level=config.category_level, weight_s=config.contrastive_weight)
-    return cls(net, num_classes)
+        return cls(net, num_classes, confidence_ceiling=ceiling, category_level=config.category_level,
+                   weight_s=config.contrastive_weight)
+    return cls(net, num_classes, confidence_ceiling=ceiling)
 
 
 def _save_model(net: LeafNet, path: Path, config: TrainConfig, splits: Splits, scores: Scores, state: dict[str, Any]) -> None:
