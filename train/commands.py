@@ -13,16 +13,39 @@ from .ablation import VARIANTS
 from .trainer import TrainConfig
 
 
+OPTION_HELP = {
+    "data": "training faces: .npz, fer2013.csv or an image folder with one sub-folder per class",
+    "ferplus_csv": "fer2013new.csv (FER+ votes) to pair with fer2013.csv",
+    "val_data": "validation faces (default: a stratified --val-fraction of --data)",
+    "unlabeled_data": "extra unlabeled faces: npz with 'images', image(s), folder, or a glob like 'annotations/**/*.faces.npz'",
+    "classes": "ferplus (8 classes, vote distributions) or fer2013 (7 classes)",
+    "label_fraction": "stratified, seeded fraction of --data that keeps its labels; the rest is unlabeled",
+    "method": "supervised, fixmatch or leaf",
+    "backbone": "resnet-xs, resnet-s or resnet-m",
+    "semantic_level": "LEAF's semantic-level gated experts (--no-semantic-level for the ablation)",
+    "instance_level": "LEAF's instance-level gated experts (--no-instance-level for the ablation)",
+    "category_level": "LEAF's ambiguous pseudo-labels with the ranking loss (off: hard pseudo-labels)",
+    "contrastive_weight": "weight of SimCLR on low-confidence unlabeled faces (LEAF; default 0.1)",
+    "agreement_thresholds": "scale confidence thresholds by the labeled targets' mean top vote share (default on)",
+    "iterations_per_epoch": "steps per epoch (0: one pass over the labeled faces)",
+    "device": "auto, cpu or cuda",
+    "output": "run folder: checkpoint, log, curves, confusion matrix, model.safetensors",
+    "threads": "torch CPU threads (0: torch's default)",
+}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     train_parser = subparsers.add_parser("train", help="train a LEAF model (supervised, FixMatch or LEAF)")
     train_parser.add_argument("--config", type=Path, help="YAML file of training options; flags override it")
     for field in fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         if field.type in ("bool", bool):
-            train_parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+            train_parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                                      help=OPTION_HELP.get(field.name))
         else:
             kind = {"int": int, "float": float}.get(str(field.type), str)
-            train_parser.add_argument(flag, dest=field.name, type=kind, default=None)
+            train_parser.add_argument(flag, dest=field.name, type=kind, default=None,
+                                      help=OPTION_HELP.get(field.name, f"default {field.default}"))
     train_parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --output")
     train_parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     train_parser.set_defaults(func=run_train)
