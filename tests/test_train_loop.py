@@ -99,3 +99,24 @@ def test_evaluate_cli_on_both_label_formats(publictest_npz, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "leaf_fer", "evaluate", "--data", str(tmp_path / "none.npz")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "not found" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_ablation_harness_reports_every_run(train_npz, publictest_npz, tmp_path):
+    from leaf_fer.train.ablation import run_ablation
+
+    base = tiny_config(train_npz, publictest_npz, tmp_path, method="leaf", label_fraction=0.1, epochs=1,
+                       iterations_per_epoch=2)
+    report = run_ablation(base, ["supervised", "leaf w/o category"], [0, 1], tmp_path / "ablation", progress=False)
+    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [
+        ("supervised", 0), ("leaf w/o category", 0), ("supervised", 1), ("leaf w/o category", 1)]
+    assert set(report["summary"]) == {"supervised", "leaf w/o category"}
+    assert all(s["n"] == 2 for s in report["summary"].values())
+    _, metadata = load_weights(tmp_path / "ablation" / "leaf_wo_category_seed1" / "model.safetensors")
+    assert metadata.training["config"]["category_level"] is False and metadata.training["config"]["seed"] == 1
+    table = (tmp_path / "ablation" / "results.md").read_text()
+    assert "| leaf w/o category |" in table and "| supervised |" in table
+    assert json.loads((tmp_path / "ablation" / "results.json").read_text())["runs"][3]["history"][0]["epoch"] == 1
+    for png in ("results.png", "learning.png"):
+        assert (tmp_path / "ablation" / png).stat().st_size > 1000
+    with pytest.raises(ValueError, match="unknown variant"):
+        run_ablation(base, ["leaf w/o everything"], [0], tmp_path / "ablation", progress=False)

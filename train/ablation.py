@@ -46,7 +46,9 @@ def run_ablation(base: TrainConfig, variants: list[str], seeds: list[int], outpu
             best = result["history"][result["best_epoch"] - 1]
             runs.append({"variant": variant, "seed": seed, "accuracy": best["val_accuracy"],
                          "macro_f1": best["val_macro_f1"], "best_epoch": result["best_epoch"],
-                         "train_seconds": result["elapsed_s"]})
+                         "train_seconds": result["elapsed_s"],
+                         "history": [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"], "mask": h.get("mask")}
+                                     for h in result["history"]]})
             report = write_report(base, seeds, runs, output)
     return report
 
@@ -61,6 +63,7 @@ def write_report(base: TrainConfig, seeds: list[int], runs: list[dict[str, Any]]
     atomic_write_bytes(output / "results.json", json.dumps(report, indent=2).encode())
     atomic_write_bytes(output / "results.md", markdown_table(report).encode())
     plot_summary(summary, output / "results.png", base.label_fraction)
+    plot_learning(runs, output / "learning.png", base.iterations_per_epoch)
     return report
 
 
@@ -101,6 +104,39 @@ def plot_summary(summary: dict[str, dict[str, float]], path: Path, fraction: flo
     ax.set_ylabel("validation accuracy %")
     ax.set_title(f"FER+ with {100 * fraction:.0f}% labels")
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    fig.tight_layout()
+    partial = path.with_name(path.name + ".partial.png")
+    fig.savefig(partial, dpi=100)
+    plt.close(fig)
+    os.replace(partial, path)
+
+
+def plot_learning(runs: list[dict[str, Any]], path: Path, iterations_per_epoch: int) -> None:
+    """Validation accuracy and the share of unlabeled faces passing the confidence threshold, per epoch, mean over
+    seeds: shows when each method's unlabeled loss starts to count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc_ax, mask_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        histories = [r["history"] for r in runs if r["variant"] == variant and r.get("history")]
+        if not histories:
+            continue
+        length = min(len(h) for h in histories)
+        epochs = np.arange(1, length + 1)
+        acc = np.mean([[e["val_accuracy"] * 100 for e in h[:length]] for h in histories], axis=0)
+        line, = acc_ax.plot(epochs, acc, marker=".", label=variant)
+        masks = [[e["mask"] for e in h[:length]] for h in histories]
+        if all(m is not None for row in masks for m in row):
+            mask_ax.plot(epochs, np.mean(masks, axis=0) * 100, marker=".", color=line.get_color(), label=variant)
+    unit = f"epoch ({iterations_per_epoch} steps)" if iterations_per_epoch else "epoch"
+    acc_ax.set(xlabel=unit, ylabel="validation accuracy %", title="EMA teacher on validation")
+    mask_ax.set(xlabel=unit, ylabel="% of unlabeled faces used", title="pseudo-labels above threshold")
+    acc_ax.legend(fontsize=7)
+    for ax in (acc_ax, mask_ax):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     partial = path.with_name(path.name + ".partial.png")
     fig.savefig(partial, dpi=100)
