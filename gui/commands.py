@@ -6,19 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from leaf_fer.gui.settings import BACKENDS, DETECTOR_RANGES, GuiSettings
+from leaf_fer.gui.settings import GuiSettings
+from leaf_fer.realtime.commands import add_pipeline_options
 
 
 def add_gui_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``leaf-fer gui`` and ``leaf_fer.gui.app.run_app``."""
-    defaults = GuiSettings()
     parser.add_argument("--source", help="webcam index, video/image file or stream URL to start with")
-    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend, help="inference backend")
-    parser.add_argument("--weights", help="model weights (.safetensors); default: the bundled model")
-    parser.add_argument("--detector-range", choices=DETECTOR_RANGES, default=defaults.detector_range)
-    parser.add_argument("--min-confidence", type=float, default=defaults.min_detection_confidence)
-    parser.add_argument("--smoothing", type=float, default=defaults.smoothing, help="EMA strength in [0, 1), 0 = off")
-    parser.add_argument("--max-faces", type=int, default=defaults.max_faces)
+    add_pipeline_options(parser)
     parser.add_argument("--output-dir", type=Path, help="folder for recordings and snapshots")
     parser.add_argument("--no-camera-probe", action="store_true", help="do not look for webcams at start-up")
 

@@ -10,7 +10,8 @@ BENCH_BACKENDS = ("onnxruntime", "torch", "tensorrt")
 BACKENDS = ("auto", *BENCH_BACKENDS)
 
 
-def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    """Pipeline options shared by `annotate` and `gui`: model, backend, detector and smoothing."""
     parser.add_argument("--weights", help="weights .safetensors (default: the shipped model)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (default: auto)")
     parser.add_argument(
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also keep the aligned face crops of every N-th frame in <name>.faces.npz: unlabeled faces for "
         "`leaf-fer train --unlabeled-data 'OUTDIR/**/*.faces.npz'` (default 0: off)",
     )
-    _add_pipeline_options(annotate)
+    add_pipeline_options(annotate)
     annotate.set_defaults(func=run_annotate)
 
     bench = subparsers.add_parser(

@@ -402,6 +402,7 @@ def test_gui_command_and_settings() -> None:
     settings = settings_from_args(args)
     assert (args.source, settings.backend, settings.weights) == ("0", "torch", "w.safetensors")
     assert callable(args.func)
+    assert settings_from_args(parser.parse_args(["gui"])) == GuiSettings(), "command-line defaults = settings defaults"
     with pytest.raises(ValueError, match="smoothing"):
         settings_from_args(parser.parse_args(["gui", "--smoothing", "1.5"]))
     assert BACKENDS == PIPELINE_BACKENDS

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .metrics import save_figure
 from .trainer import TrainConfig, train
 from .weights import atomic_write_bytes
 
@@ -105,10 +105,7 @@ def plot_summary(summary: dict[str, dict[str, float]], path: Path, fraction: flo
     ax.set_title(f"FER+ with {100 * fraction:.0f}% labels")
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     fig.tight_layout()
-    partial = path.with_name(path.name + ".partial.png")
-    fig.savefig(partial, dpi=100)
-    plt.close(fig)
-    os.replace(partial, path)
+    save_figure(fig, path)
 
 
 def plot_learning(runs: list[dict[str, Any]], path: Path, iterations_per_epoch: int) -> None:
@@ -138,7 +135,4 @@ def plot_learning(runs: list[dict[str, Any]], path: Path, iterations_per_epoch: 
     for ax in (acc_ax, mask_ax):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    partial = path.with_name(path.name + ".partial.png")
-    fig.savefig(partial, dpi=100)
-    plt.close(fig)
-    os.replace(partial, path)
+    save_figure(fig, path)

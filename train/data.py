@@ -85,22 +85,26 @@ def _require_file(path: Path) -> None:
         raise DataError(f"{path}: file not found")
 
 
-def load_npz(path: str | Path) -> FaceData:
-    """Our npz format: ``images`` uint8 [N,48,48] plus ``ferplus_votes`` [N,10] and/or ``labels`` (FER2013 order)."""
-    path = Path(path)
+def _read_npz(path: Path, dtypes: dict[str, type | None]) -> dict[str, np.ndarray]:
+    """The named arrays that the npz holds, as the given dtypes (``images`` is required), read without pickle."""
     _require_file(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
-            files = set(npz.files)
-            if "images" not in files:
-                raise DataError(f"{path}: no 'images' array (found {sorted(files)})")
-            images = np.asarray(npz["images"])
-            votes = np.asarray(npz["ferplus_votes"], dtype=np.int64) if "ferplus_votes" in files else None
-            labels = np.asarray(npz["labels"], dtype=np.int64) if "labels" in files else None
+            if "images" not in npz.files:
+                raise DataError(f"{path}: no 'images' array (found {sorted(npz.files)})")
+            return {name: np.asarray(npz[name], dtype=dtype) for name, dtype in dtypes.items() if name in npz.files}
     except (OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{path}: not a readable npz file ({exc})") from exc
+
+
+def load_npz(path: str | Path) -> FaceData:
+    """Our npz format: ``images`` uint8 [N,48,48] plus ``ferplus_votes`` [N,10] and/or ``labels`` (FER2013 order)."""
+    path = Path(path)
+    arrays = _read_npz(path, {"images": None, "ferplus_votes": np.int64, "labels": np.int64})
+    images = arrays["images"]
+    votes, labels = arrays.get("ferplus_votes"), arrays.get("labels")
     if votes is None and labels is None:
         raise DataError(f"{path}: needs 'ferplus_votes' or 'labels' beside 'images'")
     images = _as_face_images(images, str(path))
@@ -187,6 +191,13 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
         return list(reader)
 
 
+def _read_face_image(file: Path) -> np.ndarray:
+    image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise DataError(f"{file}: not a readable image")
+    return _to_gray48(image, str(file))
+
+
 def load_image_folder(root: str | Path) -> FaceData:
     """``root/<class>/*.png|jpg``; class folder names are FER+/FER2013 class names or common synonyms (happy, sad...)."""
     root = Path(root)
@@ -202,10 +213,7 @@ def load_image_folder(root: str | Path) -> FaceData:
         for file in sorted(folder.iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
-            if image is None:
-                raise DataError(f"{file}: not a readable image")
-            images.append(_to_gray48(image, str(file)))
+            images.append(_read_face_image(file))
             labels.append(index)
     if not images:
         raise DataError(f"{root}: no images found in class sub-folders")
@@ -234,8 +242,7 @@ def load_unlabeled_faces(spec: str | Path) -> np.ndarray:
     paths = sorted(Path(p) for p in glob.glob(text, recursive=True)) if glob.has_magic(text) else [Path(text)]
     if not paths:
         raise DataError(f"{text}: no files match")
-    parts = [_unlabeled_from(path) for path in paths]
-    faces = np.concatenate(parts) if parts else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    faces = np.concatenate([_unlabeled_from(path) for path in paths])
     if len(faces) == 0:
         raise DataError(f"{text}: no face images found")
     return faces
@@ -243,16 +250,7 @@ def load_unlabeled_faces(spec: str | Path) -> np.ndarray:
 
 def _unlabeled_from(path: Path) -> np.ndarray:
     if path.suffix == ".npz":
-        _require_file(path)
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                if "images" not in npz.files:
-                    raise DataError(f"{path}: no 'images' array (found {sorted(npz.files)})")
-                images = np.asarray(npz["images"])
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, DataError):
-                raise
-            raise DataError(f"{path}: not a readable npz file ({exc})") from exc
+        images = _read_npz(path, {"images": None})["images"]
         return _as_face_images(images, str(path)) if len(images) else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     if path.is_dir():
         files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
@@ -260,12 +258,7 @@ def _unlabeled_from(path: Path) -> np.ndarray:
         files = [path]
     else:
         raise DataError(f"{path}: expected an .npz file, a face image or a folder of face images")
-    crops = []
-    for file in files:
-        image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            raise DataError(f"{file}: not a readable image")
-        crops.append(_to_gray48(image, str(file)))
+    crops = [_read_face_image(file) for file in files]
     return np.stack(crops) if crops else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
 
 

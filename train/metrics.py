@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from .weights import atomic_write_bytes
 
 
 @dataclass
@@ -54,6 +58,16 @@ def score(labels: np.ndarray, predictions: np.ndarray, classes: tuple[str, ...])
     )
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> None:
+    """Write a matplotlib figure as PNG atomically (a reader never sees half a file), then close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def plot_confusion(scores: Scores, path: Path, title: str) -> None:
     import matplotlib
 
@@ -74,8 +88,7 @@ def plot_confusion(scores: Scores, path: Path, title: str) -> None:
     ax.set_ylabel("true")
     ax.set_title(f"{title}\naccuracy {100 * scores.accuracy:.2f}%, macro-F1 {100 * scores.macro_f1:.2f}%")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
@@ -95,5 +108,4 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     acc_ax.set_ylabel("%")
     acc_ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
