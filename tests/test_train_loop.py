@@ -120,3 +120,15 @@ def test_ablation_harness_reports_every_run(train_npz, publictest_npz, tmp_path)
         assert (tmp_path / "ablation" / png).stat().st_size > 1000
     with pytest.raises(ValueError, match="unknown variant"):
         run_ablation(base, ["leaf w/o everything"], [0], tmp_path / "ablation", progress=False)
+
+
+def test_ablation_runs_in_parallel_workers(train_npz, publictest_npz, tmp_path):
+    from leaf_fer.train.ablation import run_ablation
+
+    base = tiny_config(train_npz, publictest_npz, tmp_path, method="leaf", label_fraction=0.1, epochs=1,
+                       iterations_per_epoch=2, threads=0)
+    report = run_ablation(base, ["supervised", "fixmatch"], [0, 1], tmp_path / "parallel", progress=False, jobs=2)
+    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [
+        ("supervised", 0), ("fixmatch", 0), ("supervised", 1), ("fixmatch", 1)]
+    _, metadata = load_weights(tmp_path / "parallel" / "fixmatch_seed1" / "model.safetensors")
+    assert metadata.training["config"]["threads"] == max(1, os.cpu_count() // 2)

@@ -43,6 +43,8 @@ def test_positive_set_is_smallest_topk_reaching_090():
     ])
     mask = ambiguous_positive_mask(probs)
     assert mask.tolist() == [[True, False, False, False], [True, True, False, False], [True, True, True, False]]
+    agreement_scaled = ambiguous_positive_mask(probs, cumulative=0.9 * 0.77)
+    assert agreement_scaled.tolist() == [[True, False, False, False], [True, True, False, False], [True, True, False, False]]
 
 
 def test_ranking_loss_prefers_positives_above_negatives():
@@ -63,6 +65,20 @@ def test_category_level_loss_only_on_confident_rows():
     some = category_level_loss(logits, probs, torch.tensor([True, False, True, False]))
     some.backward()
     assert logits.grad[1].abs().sum() == 0 and logits.grad[0].abs().sum() > 0
+
+
+def test_strong_views_leave_batchnorm_running_statistics_alone():
+    from leaf_fer.train.algorithms import Leaf
+
+    torch.manual_seed(0)
+    net = LeafNet(ModelConfig(backbone="resnet-xs"))
+    leaf = Leaf(net, 8, autocast=False)
+    norm = net.backbone.stem[1]
+    before = norm.running_mean.clone()
+    leaf.forward_strong(torch.rand(4, 1, 48, 48))
+    assert torch.equal(norm.running_mean, before) and norm.momentum == 0.1
+    leaf.forward(torch.rand(4, 1, 48, 48))
+    assert not torch.equal(norm.running_mean, before)
 
 
 def test_contrastive_loss_lower_for_matching_views():

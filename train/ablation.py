@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "leaf w/o semantic": {"method": "leaf", "semantic_level": False},
     "leaf w/o instance": {"method": "leaf", "instance_level": False},
     "leaf w/o category": {"method": "leaf", "category_level": False},
-    "leaf w/o contrastive": {"method": "leaf", "contrastive_weight": 0.0},
+    "leaf + contrastive": {"method": "leaf", "contrastive_weight": 0.1},
 }
 
 
@@ -30,26 +33,48 @@ def variant_config(base: TrainConfig, variant: str, seed: int, output: Path) -> 
     return replace(base, **VARIANTS[variant], seed=seed, output=str(output / f"{name}_seed{seed}"))
 
 
-def run_ablation(base: TrainConfig, variants: list[str], seeds: list[int], output: Path, progress: bool = True) -> dict[str, Any]:
-    """Train every (variant, seed), seed by seed so that a full table of one seed comes first; each run resumes."""
+def run_ablation(base: TrainConfig, variants: list[str], seeds: list[int], output: Path, progress: bool = True,
+                 jobs: int = 1) -> dict[str, Any]:
+    """Train every (variant, seed), seed by seed so that a full table of one seed comes first; each run resumes.
+
+    With ``jobs`` > 1 that many runs train at once in worker processes, the CPU threads split between them (small
+    networks use two single-thread processes better than one two-thread process).
+    """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be ≥ 1, got {jobs}")
     output.mkdir(parents=True, exist_ok=True)
+    planned = [(variant, seed) for seed in seeds for variant in variants]
     runs: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
-    for seed in seeds:
-        for variant in variants:
-            config = variant_config(base, variant, seed, output)
+
+    def record(variant: str, seed: int, result: dict[str, Any]) -> None:
+        nonlocal report
+        best = result["history"][result["best_epoch"] - 1]
+        runs.append({"variant": variant, "seed": seed, "accuracy": best["val_accuracy"],
+                     "macro_f1": best["val_macro_f1"], "best_epoch": result["best_epoch"],
+                     "train_seconds": result["elapsed_s"],
+                     "history": [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"], "mask": h.get("mask")}
+                                 for h in result["history"]]})
+        runs.sort(key=lambda r: planned.index((r["variant"], r["seed"])))
+        report = write_report(base, seeds, runs, output)
+
+    if jobs == 1:
+        for variant, seed in planned:
             print(f"== {variant}, seed {seed}", flush=True)
-            result = train(config, progress=progress)
-            best = result["history"][result["best_epoch"] - 1]
-            runs.append({"variant": variant, "seed": seed, "accuracy": best["val_accuracy"],
-                         "macro_f1": best["val_macro_f1"], "best_epoch": result["best_epoch"],
-                         "train_seconds": result["elapsed_s"],
-                         "history": [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"], "mask": h.get("mask")}
-                                     for h in result["history"]]})
-            report = write_report(base, seeds, runs, output)
+            record(variant, seed, train(variant_config(base, variant, seed, output), progress=progress))
+        return report
+    threads = base.threads or max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(train, replace(variant_config(base, variant, seed, output), threads=threads), False, False):
+                   (variant, seed) for variant, seed in planned}
+        for future in as_completed(futures):
+            variant, seed = futures[future]
+            result = future.result()
+            print(f"== {variant}, seed {seed}: {100 * result['best_accuracy']:.2f}%", flush=True)
+            record(variant, seed, result)
     return report
 
 

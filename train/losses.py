@@ -33,13 +33,14 @@ def ranking_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     return F.softplus(neg_pos + pos_neg)
 
 
-def category_level_loss(strong_logits: torch.Tensor, probs: torch.Tensor, confident: torch.Tensor) -> torch.Tensor:
+def category_level_loss(strong_logits: torch.Tensor, probs: torch.Tensor, confident: torch.Tensor,
+                        cumulative: float = 0.9) -> torch.Tensor:
     """LEAF's category-level loss on confident unlabeled rows, weighted by the positive set's margin and rescaled
     to the magnitude of hard-label cross-entropy on the same rows."""
     if not confident.any():
         return strong_logits.sum() * 0.0
     logits, p = strong_logits[confident], probs[confident]
-    positive = ambiguous_positive_mask(p)
+    positive = ambiguous_positive_mask(p, cumulative)
     weights = (torch.where(positive, p, 1.0).amin(dim=-1) - torch.where(positive, 0.0, p).amax(dim=-1)).clamp(0.0, 1.0)
     per_row = ranking_loss(logits, positive) * weights
     hard_ce = F.cross_entropy(logits.float(), p.argmax(dim=-1))

@@ -42,7 +42,9 @@ class TrainConfig:
     semantic_level: bool = True
     instance_level: bool = True
     category_level: bool = True
-    contrastive_weight: float = 0.1
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.07
+    labeled_weight: float = 1.0
     agreement_thresholds: bool = True
     epochs: int = 30
     iterations_per_epoch: int = 0
@@ -152,7 +154,7 @@ class EmaTeacher:
     """Exponential moving average of the student's parameters and buffers; the teacher is what gets evaluated."""
 
     def __init__(self, student: LeafNet, decay: float) -> None:
-        self.model = LeafNet(student.config).to(next(student.parameters()).device)
+        self.model = LeafNet(student.config).to(next(student.parameters()).device, memory_format=torch.channels_last)
         self.model.load_state_dict(student.state_dict())
         self.model.eval().requires_grad_(False)
         self.decay = decay
@@ -250,7 +252,7 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
     torch.manual_seed(config.seed)
     splits = prepare_splits(config)
     model_config = config.model_config()
-    student = LeafNet(model_config).to(device)
+    student = LeafNet(model_config).to(device, memory_format=torch.channels_last)
     teacher = EmaTeacher(student, config.ema_decay)
     algorithm: Algorithm = _make_algorithm(config, student, confidence_ceiling(config, splits.labeled_targets))
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -304,7 +306,7 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
                 logs_sum[key] = logs_sum.get(key, 0.0) + value
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if algorithm.uses_unlabeled:
-            train_probs = predict_probabilities(student, splits.labeled_images[: 4096])
+            train_probs = predict_probabilities(teacher.model, splits.labeled_images[: 4096])
             hard = splits.labeled_hard[: 4096].numpy()
             keep = hard >= 0
             algorithm.update_thresholds(torch.from_numpy(train_probs.max(1)[keep]),
@@ -353,7 +355,8 @@ def _make_algorithm(config: TrainConfig, net: LeafNet, ceiling: float) -> Algori
     num_classes = net.config.num_classes
     if config.method == "leaf":
         return cls(net, num_classes, confidence_ceiling=ceiling, category_level=config.category_level,
-                   weight_s=config.contrastive_weight)
+                   weight_x=config.labeled_weight, weight_s=config.contrastive_weight,
+                   temperature=config.contrastive_temperature)
     return cls(net, num_classes, confidence_ceiling=ceiling)
 
 
