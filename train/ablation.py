@@ -68,7 +68,8 @@ def run_ablation(base: TrainConfig, variants: list[str], seeds: list[int], outpu
         return report
     threads = base.threads or max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(train, replace(variant_config(base, variant, seed, output), threads=threads), False, False):
+        futures = {pool.submit(train, replace(variant_config(base, variant, seed, output), threads=threads),
+                               restart=False, progress=False):
                    (variant, seed) for variant, seed in planned}
         for future in as_completed(futures):
             variant, seed = futures[future]
