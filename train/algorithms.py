@@ -125,7 +125,7 @@ class Leaf(Algorithm):
     on the two weak views of low-confidence samples. The semantic and instance levels live in the network (LeafNet).
 
     The positive set's cumulative mass (0.9) is scaled by the confidence ceiling like the thresholds. Defaults differ
-    from the published recipe where from-scratch training measured worse (README): labeled-loss weight 1 (0.5), SimCLR
+    from the published recipe where from-scratch training measured worse (README): labeled-loss weight 2 (0.5), SimCLR
     weight 0 (0.1)."""
 
     name = "leaf"
@@ -133,7 +133,7 @@ class Leaf(Algorithm):
     positive_mass = 0.9
 
     def __init__(self, net: LeafNet, num_classes: int, autocast: bool = True, confidence_ceiling: float = 1.0,
-                 category_level: bool = True, weight_x: float = 1.0, weight_u: float = 1.0, weight_s: float = 0.0,
+                 category_level: bool = True, weight_x: float = 2.0, weight_u: float = 1.0, weight_s: float = 0.0,
                  temperature: float = 0.07) -> None:
         super().__init__(net, num_classes, autocast, confidence_ceiling)
         self.category_level = category_level

@@ -27,7 +27,7 @@ OPTION_HELP = {
     "category_level": "LEAF's ambiguous pseudo-labels with the ranking loss (off: hard pseudo-labels)",
     "contrastive_weight": "weight of SimCLR on low-confidence unlabeled faces (LEAF; published 0.1, default 0: it costs accuracy from scratch)",
     "contrastive_temperature": "SimCLR temperature (LEAF; default 0.07 as published)",
-    "labeled_weight": "weight of the labeled loss against 1 for the pseudo-label loss (LEAF; default 1, published 0.5)",
+    "labeled_weight": "weight of the labeled loss against 1 for the pseudo-label loss (LEAF; default 2, published 0.5)",
     "agreement_thresholds": "scale confidence thresholds by the labeled targets' mean top vote share (default on)",
     "iterations_per_epoch": "steps per epoch (0: one pass over the labeled faces)",
     "device": "auto, cpu or cuda",

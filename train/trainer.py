@@ -44,7 +44,7 @@ class TrainConfig:
     category_level: bool = True
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.07
-    labeled_weight: float = 1.0
+    labeled_weight: float = 2.0
     agreement_thresholds: bool = True
     epochs: int = 30
     iterations_per_epoch: int = 0
