@@ -120,21 +120,26 @@ class FixMatch(Algorithm):
         return StepResult(loss, scalars(loss_x=loss_x, loss_u=loss_u, mask=mask.mean()))
 
 
+LEAF_LABELED_WEIGHT = 2.0
+LEAF_CONTRASTIVE_WEIGHT = 0.0
+LEAF_CONTRASTIVE_TEMPERATURE = 0.07
+
+
 class Leaf(Algorithm):
     """LEAF: ambiguous pseudo-labels ranked on the strong view (category level), adaptive thresholds, optional SimCLR
     on the two weak views of low-confidence samples. The semantic and instance levels live in the network (LeafNet).
 
     The positive set's cumulative mass (0.9) is scaled by the confidence ceiling like the thresholds. Defaults differ
-    from the published recipe where from-scratch training measured worse (README): labeled-loss weight 2 (0.5), SimCLR
-    weight 0 (0.1)."""
+    from the published recipe where from-scratch training measured worse (README): ``LEAF_LABELED_WEIGHT`` (published
+    0.5) and ``LEAF_CONTRASTIVE_WEIGHT`` (published 0.1)."""
 
     name = "leaf"
     uses_unlabeled = True
     positive_mass = 0.9
 
     def __init__(self, net: LeafNet, num_classes: int, autocast: bool = True, confidence_ceiling: float = 1.0,
-                 category_level: bool = True, weight_x: float = 2.0, weight_u: float = 1.0, weight_s: float = 0.0,
-                 temperature: float = 0.07) -> None:
+                 category_level: bool = True, weight_x: float = LEAF_LABELED_WEIGHT, weight_u: float = 1.0,
+                 weight_s: float = LEAF_CONTRASTIVE_WEIGHT, temperature: float = LEAF_CONTRASTIVE_TEMPERATURE) -> None:
         super().__init__(net, num_classes, autocast, confidence_ceiling)
         self.category_level = category_level
         self.temperature = temperature

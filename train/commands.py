@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from .ablation import VARIANTS
+from .algorithms import LEAF_CONTRASTIVE_TEMPERATURE, LEAF_CONTRASTIVE_WEIGHT, LEAF_LABELED_WEIGHT
 from .trainer import TrainConfig
 
 
@@ -25,9 +26,9 @@ OPTION_HELP = {
     "semantic_level": "LEAF's semantic-level gated experts (--no-semantic-level for the ablation)",
     "instance_level": "LEAF's instance-level gated experts (--no-instance-level for the ablation)",
     "category_level": "LEAF's ambiguous pseudo-labels with the ranking loss (off: hard pseudo-labels)",
-    "contrastive_weight": "weight of SimCLR on low-confidence unlabeled faces (LEAF; published 0.1, default 0: it costs accuracy from scratch)",
-    "contrastive_temperature": "SimCLR temperature (LEAF; default 0.07 as published)",
-    "labeled_weight": "weight of the labeled loss against 1 for the pseudo-label loss (LEAF; default 2, published 0.5)",
+    "contrastive_weight": f"weight of SimCLR on low-confidence unlabeled faces (LEAF; published 0.1, default {LEAF_CONTRASTIVE_WEIGHT:g}: it costs accuracy from scratch)",
+    "contrastive_temperature": f"SimCLR temperature (LEAF; default {LEAF_CONTRASTIVE_TEMPERATURE:g} as published)",
+    "labeled_weight": f"weight of the labeled loss against 1 for the pseudo-label loss (LEAF; default {LEAF_LABELED_WEIGHT:g}, published 0.5)",
     "agreement_thresholds": "scale confidence thresholds by the labeled targets' mean top vote share (default on)",
     "iterations_per_epoch": "steps per epoch (0: one pass over the labeled faces)",
     "device": "auto, cpu or cuda",

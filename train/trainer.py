@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .algorithms import ALGORITHMS, Algorithm, Batch
+from .algorithms import (ALGORITHMS, LEAF_CONTRASTIVE_TEMPERATURE, LEAF_CONTRASTIVE_WEIGHT, LEAF_LABELED_WEIGHT, Algorithm,
+                         Batch)
 from .data import FaceData, Targets, load_dataset, load_unlabeled_faces, stratified_fraction, targets_for
 from .metrics import Scores, plot_confusion, plot_curves, score
 from .model import FER2013_CLASSES, FERPLUS_CLASSES, LeafNet, ModelConfig, count_parameters
@@ -42,9 +43,9 @@ class TrainConfig:
     semantic_level: bool = True
     instance_level: bool = True
     category_level: bool = True
-    contrastive_weight: float = 0.0
-    contrastive_temperature: float = 0.07
-    labeled_weight: float = 2.0
+    contrastive_weight: float = LEAF_CONTRASTIVE_WEIGHT
+    contrastive_temperature: float = LEAF_CONTRASTIVE_TEMPERATURE
+    labeled_weight: float = LEAF_LABELED_WEIGHT
     agreement_thresholds: bool = True
     epochs: int = 30
     iterations_per_epoch: int = 0
