@@ -115,6 +115,12 @@ def test_ablation_harness_reports_every_run(train_npz, publictest_npz, tmp_path)
     assert metadata.training["config"]["category_level"] is False and metadata.training["config"]["seed"] == 1
     table = (tmp_path / "ablation" / "results.md").read_text()
     assert "| leaf w/o category |" in table and "| supervised |" in table
+    accuracy = {(r["variant"], r["seed"]): 100 * r["accuracy"] for r in report["runs"]}
+    deltas = [accuracy["leaf w/o category", seed] - accuracy["supervised", seed] for seed in (0, 1)]
+    paired = report["summary"]["leaf w/o category"]["vs_supervised"]
+    assert paired["per_seed"] == pytest.approx(deltas) and paired["ahead"] == sum(d > 0 for d in deltas)
+    assert "vs_supervised" not in report["summary"]["supervised"]
+    assert f"{deltas[0]:+.2f}, {deltas[1]:+.2f})" in table
     assert json.loads((tmp_path / "ablation" / "results.json").read_text())["runs"][3]["history"][0]["epoch"] == 1
     for png in ("results.png", "learning.png"):
         assert (tmp_path / "ablation" / png).stat().st_size > 1000

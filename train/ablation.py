@@ -25,6 +25,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "leaf w/o category": {"method": "leaf", "category_level": False},
     "leaf + contrastive": {"method": "leaf", "contrastive_weight": 0.1},
 }
+BASELINE = "supervised"
 
 
 def variant_config(base: TrainConfig, variant: str, seed: int, output: Path) -> TrainConfig:
@@ -100,7 +101,23 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         f1 = np.array([r["macro_f1"] for r in runs if r["variant"] == variant]) * 100
         summary[variant] = {"accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
                             "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std()), "n": int(len(acc))}
+        paired = paired_difference(runs, variant)
+        if paired:
+            summary[variant][f"vs_{BASELINE}"] = paired
     return summary
+
+
+def paired_difference(runs: list[dict[str, Any]], variant: str) -> dict[str, Any] | None:
+    """Accuracy points of ``variant`` minus the baseline trained on the same split (same seed), seed by seed: the
+    seeds' splits move every method together, so the paired difference is what tells a method's effect."""
+    if variant == BASELINE:
+        return None
+    baseline = {r["seed"]: r["accuracy"] for r in runs if r["variant"] == BASELINE}
+    deltas = [100 * (r["accuracy"] - baseline[r["seed"]]) for r in runs if r["variant"] == variant and r["seed"] in baseline]
+    if not deltas:
+        return None
+    return {"per_seed": deltas, "mean": float(np.mean(deltas)), "std": float(np.std(deltas)),
+            "ahead": sum(d > 0 for d in deltas), "n": len(deltas)}
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -109,27 +126,44 @@ def markdown_table(report: dict[str, Any]) -> str:
              f"{budget['epochs']} epochs x {budget['iterations_per_epoch'] or 'auto'} iterations, batch "
              f"{budget['batch_size']} labeled + {budget['unlabeled_batch_size']} unlabeled. Validation: FER+ majority, "
              "best epoch of the EMA teacher (mean ± std over seeds).", "",
-             "| method | accuracy % | macro-F1 % |", "|---|---|---|"]
+             f"| method | accuracy % | macro-F1 % | accuracy vs {BASELINE}, same split (points) |", "|---|---|---|---|"]
     for variant, s in report["summary"].items():
+        paired = s.get(f"vs_{BASELINE}")
+        versus = (f"{paired['mean']:+.2f} ± {paired['std']:.2f} (ahead on {paired['ahead']} of {paired['n']} seeds: "
+                  + ", ".join(f"{d:+.2f}" for d in paired["per_seed"]) + ")") if paired else "—"
         lines.append(f"| {variant} | {s['accuracy_mean']:.2f} ± {s['accuracy_std']:.2f} | "
-                     f"{s['macro_f1_mean']:.2f} ± {s['macro_f1_std']:.2f} |")
+                     f"{s['macro_f1_mean']:.2f} ± {s['macro_f1_std']:.2f} | {versus} |")
     return "\n".join(lines) + "\n"
 
 
-def plot_summary(summary: dict[str, dict[str, float]], path: Path, fraction: float) -> None:
+def plot_summary(summary: dict[str, dict[str, Any]], path: Path, fraction: float) -> None:
+    """Mean accuracy per method (left) and, seed by seed, each method's accuracy minus the baseline's on the same
+    split (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(summary)
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    ax.bar(names, [summary[n]["accuracy_mean"] for n in names], yerr=[summary[n]["accuracy_std"] for n in names], capsize=4)
+    fig, (acc_ax, delta_ax) = plt.subplots(1, 2, figsize=(12, 3.8))
+    acc_ax.bar(names, [summary[n]["accuracy_mean"] for n in names], yerr=[summary[n]["accuracy_std"] for n in names],
+               capsize=4)
     low = min(summary[n]["accuracy_mean"] for n in names)
-    ax.set_ylim(max(0, low - 8), min(100, max(summary[n]["accuracy_mean"] for n in names) + 4))
-    ax.set_ylabel("validation accuracy %")
-    ax.set_title(f"FER+ with {100 * fraction:.0f}% labels")
-    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    acc_ax.set_ylim(max(0, low - 8), min(100, max(summary[n]["accuracy_mean"] for n in names) + 4))
+    acc_ax.set_ylabel("validation accuracy %")
+    acc_ax.set_title(f"FER+ with {100 * fraction:.0f}% labels (mean ± std over seeds)")
+    paired = [n for n in names if f"vs_{BASELINE}" in summary[n]]
+    for x, name in enumerate(paired):
+        deltas = summary[name][f"vs_{BASELINE}"]["per_seed"]
+        delta_ax.scatter([x] * len(deltas), deltas, color="tab:blue", alpha=0.7)
+        delta_ax.hlines(np.mean(deltas), x - 0.3, x + 0.3, color="tab:red")
+    delta_ax.axhline(0.0, color="black", linewidth=0.8)
+    delta_ax.set_xticks(range(len(paired)), paired)
+    delta_ax.set_ylabel(f"accuracy points vs {BASELINE}")
+    delta_ax.set_title("same split, per seed (dots) and mean (line)")
+    delta_ax.grid(axis="y", alpha=0.3)
+    for ax in (acc_ax, delta_ax):
+        plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     fig.tight_layout()
     save_figure(fig, path)
 
