@@ -162,3 +162,21 @@ def test_thresholds_follow_annotator_agreement():
     assert scaled.logs["mask"] == 1.0 and published.logs["mask"] == 0.0
     with pytest.raises(ValueError, match="confidence ceiling"):
         Leaf(net, 3, confidence_ceiling=0.0)
+
+
+def test_distribution_alignment_pulls_pseudo_labels_toward_the_labeled_prior():
+    from leaf_fer.train.algorithms import Leaf
+
+    net = LeafNet(ModelConfig(backbone="resnet-xs", num_classes=3, classes=("a", "b", "c")))
+    assert Leaf(net, 3).labeled_prior is None and "unlabeled_mean" not in Leaf(net, 3).running_state()
+    leaf = Leaf(net, 3, labeled_prior=torch.tensor([2.0, 1.0, 1.0]))
+    assert leaf.labeled_prior.tolist() == pytest.approx([0.5, 0.25, 0.25])
+    skewed = torch.tensor([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1]])
+    for _ in range(5000):
+        aligned = leaf.align(skewed)
+    assert aligned.sum(dim=-1).tolist() == pytest.approx([1.0, 1.0])
+    assert leaf.unlabeled_mean.tolist() == pytest.approx(skewed.mean(0).tolist(), abs=0.01)
+    assert (aligned[:, 0] < skewed[:, 0]).all() and (aligned[:, 1] > skewed[:, 1]).all()
+    resumed = Leaf(net, 3, labeled_prior=torch.tensor([2.0, 1.0, 1.0]))
+    resumed.load_running_state(leaf.running_state())
+    assert torch.allclose(resumed.unlabeled_mean, leaf.unlabeled_mean)

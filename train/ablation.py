@@ -24,7 +24,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "leaf w/o instance": {"method": "leaf", "instance_level": False},
     "leaf w/o category": {"method": "leaf", "category_level": False},
     "leaf + contrastive": {"method": "leaf", "contrastive_weight": 0.1},
+    "leaf + alignment": {"method": "leaf", "distribution_alignment": True},
 }
+DEFAULT_VARIANTS = [v for v in VARIANTS if v != "leaf + alignment"]
 BASELINE = "supervised"
 
 

@@ -76,6 +76,14 @@ class Algorithm:
     def train_step(self, labeled: Batch, unlabeled: Batch | None) -> StepResult:
         raise NotImplementedError
 
+    def running_state(self) -> dict[str, list[float]]:
+        """What the method estimates while it trains (not weights), saved in checkpoints so that a resumed run
+        continues with it."""
+        return {"thresholds": self.thresholds.tolist()}
+
+    def load_running_state(self, state: dict[str, list[float]]) -> None:
+        self.thresholds = torch.tensor(state["thresholds"])
+
     def update_thresholds(self, confidences: torch.Tensor, correct: torch.Tensor, labels: torch.Tensor) -> None:
         """Class-adaptive thresholds: mean confidence of correctly classified labeled samples, never below the floor
         (0.8, times the confidence ceiling)."""
@@ -123,6 +131,7 @@ class FixMatch(Algorithm):
 LEAF_LABELED_WEIGHT = 2.0
 LEAF_CONTRASTIVE_WEIGHT = 0.0
 LEAF_CONTRASTIVE_TEMPERATURE = 0.07
+ALIGNMENT_MOMENTUM = 0.999
 
 
 class Leaf(Algorithm):
@@ -131,7 +140,11 @@ class Leaf(Algorithm):
 
     The positive set's cumulative mass (0.9) is scaled by the confidence ceiling like the thresholds. Defaults differ
     from the published recipe where from-scratch training measured worse (README): ``LEAF_LABELED_WEIGHT`` (published
-    0.5) and ``LEAF_CONTRASTIVE_WEIGHT`` (published 0.1)."""
+    0.5) and ``LEAF_CONTRASTIVE_WEIGHT`` (published 0.1).
+
+    ``labeled_prior`` (the labeled targets' class distribution) turns on distribution alignment (ReMixMatch, not part
+    of the published LEAF): pseudo-label distributions are multiplied by the prior over the running mean of the
+    unlabeled predictions and renormalised, so that the frequent classes do not take over the pseudo-labels."""
 
     name = "leaf"
     uses_unlabeled = True
@@ -139,9 +152,12 @@ class Leaf(Algorithm):
 
     def __init__(self, net: LeafNet, num_classes: int, autocast: bool = True, confidence_ceiling: float = 1.0,
                  category_level: bool = True, weight_x: float = LEAF_LABELED_WEIGHT, weight_u: float = 1.0,
-                 weight_s: float = LEAF_CONTRASTIVE_WEIGHT, temperature: float = LEAF_CONTRASTIVE_TEMPERATURE) -> None:
+                 weight_s: float = LEAF_CONTRASTIVE_WEIGHT, temperature: float = LEAF_CONTRASTIVE_TEMPERATURE,
+                 labeled_prior: torch.Tensor | None = None) -> None:
         super().__init__(net, num_classes, autocast, confidence_ceiling)
         self.category_level = category_level
+        self.labeled_prior = None if labeled_prior is None else labeled_prior.float() / labeled_prior.sum()
+        self.unlabeled_mean = None if labeled_prior is None else self.labeled_prior.clone()
         self.temperature = temperature
         self.weight_x, self.weight_u, self.weight_s = weight_x, weight_u, weight_s
 
@@ -156,6 +172,8 @@ class Leaf(Algorithm):
         logits_s = self.forward_strong(strong_augment(unlabeled.images)).logits
         loss_x = soft_cross_entropy(logits_l, labeled.targets)
         probs = (torch.softmax(logits_w1.detach().float(), -1) + torch.softmax(logits_w2.detach().float(), -1)) / 2
+        if self.labeled_prior is not None:
+            probs = self.align(probs)
         confidence, pseudo = probs.max(dim=-1)
         confident = confidence >= self.thresholds.to(probs.device)[pseudo]
         if self.category_level:
@@ -168,6 +186,26 @@ class Leaf(Algorithm):
                   if self.weight_s else emb_w1.sum() * 0.0)
         loss = self.weight_x * loss_x + self.weight_u * loss_u + self.weight_s * loss_s
         return StepResult(loss, scalars(loss_x=loss_x, loss_u=loss_u, loss_s=loss_s, mask=confident.float().mean()))
+
+    def align(self, probs: torch.Tensor) -> torch.Tensor:
+        """Distribution alignment of a batch of pseudo-label distributions; updates the running unlabeled mean."""
+        assert self.labeled_prior is not None and self.unlabeled_mean is not None
+        prior, mean = self.labeled_prior.to(probs.device), self.unlabeled_mean.to(probs.device)
+        mean = ALIGNMENT_MOMENTUM * mean + (1 - ALIGNMENT_MOMENTUM) * probs.mean(dim=0)
+        self.unlabeled_mean = mean
+        aligned = probs * (prior / mean.clamp_min(1e-6))
+        return aligned / aligned.sum(dim=-1, keepdim=True)
+
+    def running_state(self) -> dict[str, list[float]]:
+        state = super().running_state()
+        if self.unlabeled_mean is not None:
+            state["unlabeled_mean"] = self.unlabeled_mean.tolist()
+        return state
+
+    def load_running_state(self, state: dict[str, list[float]]) -> None:
+        super().load_running_state(state)
+        if self.labeled_prior is not None and "unlabeled_mean" in state:
+            self.unlabeled_mean = torch.tensor(state["unlabeled_mean"])
 
 
 ALGORITHMS = {"supervised": Supervised, "fixmatch": FixMatch, "leaf": Leaf}

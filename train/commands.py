@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .ablation import VARIANTS
+from .ablation import DEFAULT_VARIANTS, VARIANTS
 from .algorithms import LEAF_CONTRASTIVE_TEMPERATURE, LEAF_CONTRASTIVE_WEIGHT, LEAF_LABELED_WEIGHT
 from .trainer import TrainConfig
 
@@ -30,6 +30,7 @@ OPTION_HELP = {
     "contrastive_temperature": f"SimCLR temperature (LEAF; default {LEAF_CONTRASTIVE_TEMPERATURE:g} as published)",
     "labeled_weight": f"weight of the labeled loss against 1 for the pseudo-label loss (LEAF; default {LEAF_LABELED_WEIGHT:g}, published 0.5)",
     "agreement_thresholds": "scale confidence thresholds by the labeled targets' mean top vote share (default on)",
+    "distribution_alignment": "align LEAF's pseudo-labels to the labeled class prior (ReMixMatch; default off)",
     "iterations_per_epoch": "steps per epoch (0: one pass over the labeled faces)",
     "device": "auto, cpu or cuda",
     "output": "run folder: checkpoint, log, curves, confusion matrix, model.safetensors",
@@ -55,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     ablate_parser = subparsers.add_parser("ablate", help="semi-supervised protocol: methods and LEAF ablations x seeds")
     ablate_parser.add_argument("--config", type=Path, help="YAML of base training options (data, budget, fraction)")
-    ablate_parser.add_argument("--variants", nargs="+", default=None, help="subset of: " + ", ".join(VARIANTS))
+    ablate_parser.add_argument("--variants", nargs="+", default=None, help="any of: " + ", ".join(VARIANTS) + " (default: all but leaf + alignment)")
     ablate_parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ablate_parser.add_argument("--output", type=Path, default=Path("runs/ablation"))
     ablate_parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, CPU threads split between them")
@@ -100,7 +101,7 @@ def run_ablate(args: argparse.Namespace) -> int:
     values = yaml.safe_load(args.config.read_text()) if args.config else {}
     values = dict(values or {}, method="leaf")
     base = TrainConfig.from_dict(values)
-    report = run_ablation(base, args.variants or list(VARIANTS), args.seeds, args.output, progress=not args.no_progress,
+    report = run_ablation(base, args.variants or DEFAULT_VARIANTS, args.seeds, args.output, progress=not args.no_progress,
                           jobs=args.jobs)
     print(Path(args.output / "results.md").read_text())
     return 0 if report["runs"] else 1

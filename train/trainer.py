@@ -47,6 +47,7 @@ class TrainConfig:
     contrastive_temperature: float = LEAF_CONTRASTIVE_TEMPERATURE
     labeled_weight: float = LEAF_LABELED_WEIGHT
     agreement_thresholds: bool = True
+    distribution_alignment: bool = False
     epochs: int = 30
     iterations_per_epoch: int = 0
     batch_size: int = 128
@@ -255,7 +256,8 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
     model_config = config.model_config()
     student = LeafNet(model_config).to(device, memory_format=torch.channels_last)
     teacher = EmaTeacher(student, config.ema_decay)
-    algorithm: Algorithm = _make_algorithm(config, student, confidence_ceiling(config, splits.labeled_targets))
+    algorithm: Algorithm = _make_algorithm(config, student, confidence_ceiling(config, splits.labeled_targets),
+                                           splits.labeled_targets.float().mean(dim=0))
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = config.iterations_per_epoch or max(1, len(splits.labeled_images) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -267,7 +269,7 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
         if _run_identity(saved.get("config", {})) != _run_identity(asdict(config)):
             raise RuntimeError(f"{output}: holds a checkpoint of a different configuration; use --restart or another --output")
         state = checkpoint.load(student, teacher, optimizer)
-        algorithm.thresholds = torch.tensor(state["thresholds"])
+        algorithm.load_running_state(state)
         print(f"resuming {output} at epoch {state['epoch']}/{config.epochs}")
     log_file = output / "train_log.jsonl"
     print(f"{config.method}: {len(splits.labeled_images)} labeled, {len(splits.unlabeled_images)} unlabeled, "
@@ -329,7 +331,7 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
             _save_model(teacher.model, output / "model.safetensors", config, splits, scores, state)
             plot_confusion(scores, output / "confusion.png", f"{config.method} (EMA teacher), validation, epoch {epoch + 1}")
         state["epoch"] = epoch + 1
-        state["thresholds"] = algorithm.thresholds.tolist()
+        state.update(algorithm.running_state())
         state["config"] = asdict(config)
         checkpoint.save(student, teacher, optimizer, state)
         plot_curves(state["history"], output / "curves.png")
@@ -351,13 +353,14 @@ def confidence_ceiling(config: TrainConfig, labeled_targets: torch.Tensor) -> fl
     return float(labeled_targets.max(dim=1).values.mean())
 
 
-def _make_algorithm(config: TrainConfig, net: LeafNet, ceiling: float) -> Algorithm:
+def _make_algorithm(config: TrainConfig, net: LeafNet, ceiling: float, labeled_prior: torch.Tensor) -> Algorithm:
     cls = ALGORITHMS[config.method]
     num_classes = net.config.num_classes
     if config.method == "leaf":
         return cls(net, num_classes, confidence_ceiling=ceiling, category_level=config.category_level,
                    weight_x=config.labeled_weight, weight_s=config.contrastive_weight,
-                   temperature=config.contrastive_temperature)
+                   temperature=config.contrastive_temperature,
+                   labeled_prior=labeled_prior if config.distribution_alignment else None)
     return cls(net, num_classes, confidence_ceiling=ceiling)
 
 
