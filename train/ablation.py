@@ -26,8 +26,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "leaf + contrastive": {"method": "leaf", "contrastive_weight": 0.1},
     "leaf + alignment": {"method": "leaf", "distribution_alignment": True},
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if v != "leaf + alignment"]
+OPT_IN_VARIANTS = ("leaf + alignment",)
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in OPT_IN_VARIANTS]
 BASELINE = "supervised"
+PAIRED_KEY = f"vs_{BASELINE}"
 
 
 def variant_config(base: TrainConfig, variant: str, seed: int, output: Path) -> TrainConfig:
@@ -96,8 +98,8 @@ def write_report(base: TrainConfig, seeds: list[int], runs: list[dict[str, Any]]
     return report
 
 
-def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    summary: dict[str, dict[str, float]] = {}
+def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    summary: dict[str, dict[str, Any]] = {}
     for variant in dict.fromkeys(r["variant"] for r in runs):
         acc = np.array([r["accuracy"] for r in runs if r["variant"] == variant]) * 100
         f1 = np.array([r["macro_f1"] for r in runs if r["variant"] == variant]) * 100
@@ -105,7 +107,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
                             "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std()), "n": int(len(acc))}
         paired = paired_difference(runs, variant)
         if paired:
-            summary[variant][f"vs_{BASELINE}"] = paired
+            summary[variant][PAIRED_KEY] = paired
     return summary
 
 
@@ -130,7 +132,7 @@ def markdown_table(report: dict[str, Any]) -> str:
              "best epoch of the EMA teacher (mean ± std over seeds).", "",
              f"| method | accuracy % | macro-F1 % | accuracy vs {BASELINE}, same split (points) |", "|---|---|---|---|"]
     for variant, s in report["summary"].items():
-        paired = s.get(f"vs_{BASELINE}")
+        paired = s.get(PAIRED_KEY)
         versus = (f"{paired['mean']:+.2f} ± {paired['std']:.2f} (ahead on {paired['ahead']} of {paired['n']} seeds: "
                   + ", ".join(f"{d:+.2f}" for d in paired["per_seed"]) + ")") if paired else "—"
         lines.append(f"| {variant} | {s['accuracy_mean']:.2f} ± {s['accuracy_std']:.2f} | "
@@ -154,9 +156,9 @@ def plot_summary(summary: dict[str, dict[str, Any]], path: Path, fraction: float
     acc_ax.set_ylim(max(0, low - 8), min(100, max(summary[n]["accuracy_mean"] for n in names) + 4))
     acc_ax.set_ylabel("validation accuracy %")
     acc_ax.set_title(f"FER+ with {100 * fraction:.0f}% labels (mean ± std over seeds)")
-    paired = [n for n in names if f"vs_{BASELINE}" in summary[n]]
+    paired = [n for n in names if PAIRED_KEY in summary[n]]
     for x, name in enumerate(paired):
-        deltas = summary[name][f"vs_{BASELINE}"]["per_seed"]
+        deltas = summary[name][PAIRED_KEY]["per_seed"]
         delta_ax.scatter([x] * len(deltas), deltas, color="tab:blue", alpha=0.7)
         delta_ax.hlines(np.mean(deltas), x - 0.3, x + 0.3, color="tab:red")
     delta_ax.axhline(0.0, color="black", linewidth=0.8)

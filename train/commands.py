@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .ablation import DEFAULT_VARIANTS, VARIANTS
+from .ablation import DEFAULT_VARIANTS, OPT_IN_VARIANTS, VARIANTS
 from .algorithms import LEAF_CONTRASTIVE_TEMPERATURE, LEAF_CONTRASTIVE_WEIGHT, LEAF_LABELED_WEIGHT
 from .trainer import TrainConfig
 
@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     ablate_parser = subparsers.add_parser("ablate", help="semi-supervised protocol: methods and LEAF ablations x seeds")
     ablate_parser.add_argument("--config", type=Path, help="YAML of base training options (data, budget, fraction)")
-    ablate_parser.add_argument("--variants", nargs="+", default=None, help="any of: " + ", ".join(VARIANTS) + " (default: all but leaf + alignment)")
+    ablate_parser.add_argument("--variants", nargs="+", default=None, help="any of: " + ", ".join(VARIANTS) + " (default: all but " + ", ".join(OPT_IN_VARIANTS) + ")")
     ablate_parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ablate_parser.add_argument("--output", type=Path, default=Path("runs/ablation"))
     ablate_parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, CPU threads split between them")

@@ -256,8 +256,7 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
     model_config = config.model_config()
     student = LeafNet(model_config).to(device, memory_format=torch.channels_last)
     teacher = EmaTeacher(student, config.ema_decay)
-    algorithm: Algorithm = _make_algorithm(config, student, confidence_ceiling(config, splits.labeled_targets),
-                                           splits.labeled_targets.float().mean(dim=0))
+    algorithm: Algorithm = _make_algorithm(config, student, splits.labeled_targets)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = config.iterations_per_epoch or max(1, len(splits.labeled_images) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -353,14 +352,17 @@ def confidence_ceiling(config: TrainConfig, labeled_targets: torch.Tensor) -> fl
     return float(labeled_targets.max(dim=1).values.mean())
 
 
-def _make_algorithm(config: TrainConfig, net: LeafNet, ceiling: float, labeled_prior: torch.Tensor) -> Algorithm:
+def _make_algorithm(config: TrainConfig, net: LeafNet, labeled_targets: torch.Tensor) -> Algorithm:
+    """The method of ``config``; thresholds (and LEAF's optional distribution alignment) read the labeled targets."""
     cls = ALGORITHMS[config.method]
     num_classes = net.config.num_classes
+    ceiling = confidence_ceiling(config, labeled_targets)
     if config.method == "leaf":
+        labeled_prior = labeled_targets.float().mean(dim=0) if config.distribution_alignment else None
         return cls(net, num_classes, confidence_ceiling=ceiling, category_level=config.category_level,
                    weight_x=config.labeled_weight, weight_s=config.contrastive_weight,
                    temperature=config.contrastive_temperature,
-                   labeled_prior=labeled_prior if config.distribution_alignment else None)
+                   labeled_prior=labeled_prior)
     return cls(net, num_classes, confidence_ceiling=ceiling)
 
 
