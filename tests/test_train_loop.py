@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -126,6 +127,29 @@ def test_ablation_harness_reports_every_run(train_npz, publictest_npz, tmp_path)
         assert (tmp_path / "ablation" / png).stat().st_size > 1000
     with pytest.raises(ValueError, match="unknown variant"):
         run_ablation(base, ["leaf w/o everything"], [0], tmp_path / "ablation", progress=False)
+
+
+def test_ablation_merges_earlier_reports_of_the_same_protocol(train_npz, publictest_npz, tmp_path, capsys):
+    from leaf_fer.train.ablation import run_ablation
+
+    base = tiny_config(train_npz, publictest_npz, tmp_path, method="leaf", label_fraction=0.1, epochs=1,
+                       iterations_per_epoch=2)
+    first = run_ablation(base, ["supervised"], [0], tmp_path / "first", progress=False)
+    earlier = tmp_path / "first" / "results.json"
+    report = run_ablation(base, ["fixmatch", "supervised"], [0], tmp_path / "second", progress=False, merge=[earlier])
+    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [("fixmatch", 0), ("supervised", 0)]
+    supervised = report["runs"][1]["accuracy"]
+    assert supervised == first["runs"][0]["accuracy"]
+    printed = capsys.readouterr().out
+    assert "supervised, seed 0: " in printed and "(reproduced;" in printed and "DIFFERS" not in printed
+    merged_only = run_ablation(base, ["fixmatch"], [0], tmp_path / "third", progress=False, merge=[earlier])
+    assert [(r["variant"], r["seed"]) for r in merged_only["runs"]] == [("fixmatch", 0), ("supervised", 0)]
+    paired = merged_only["summary"]["fixmatch"]["vs_supervised"]
+    assert paired["per_seed"] == pytest.approx([100 * (merged_only["runs"][0]["accuracy"] - supervised)])
+    with pytest.raises(ValueError, match="another protocol"):
+        run_ablation(replace(base, lr=1e-3), ["fixmatch"], [0], tmp_path / "fourth", progress=False, merge=[earlier])
+    with pytest.raises(ValueError, match="not found"):
+        run_ablation(base, ["fixmatch"], [0], tmp_path / "fourth", progress=False, merge=[tmp_path / "none.json"])
 
 
 def test_ablation_runs_in_parallel_workers(train_npz, publictest_npz, tmp_path):

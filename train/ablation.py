@@ -6,7 +6,7 @@ import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ OPT_IN_VARIANTS = ("leaf + alignment",)
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in OPT_IN_VARIANTS]
 BASELINE = "supervised"
 PAIRED_KEY = f"vs_{BASELINE}"
+RUN_SPECIFIC = {"seed", "output", "threads", "device"} | {key for overrides in VARIANTS.values() for key in overrides}
 
 
 def variant_config(base: TrainConfig, variant: str, seed: int, output: Path) -> TrainConfig:
@@ -39,17 +40,19 @@ def variant_config(base: TrainConfig, variant: str, seed: int, output: Path) -> 
 
 
 def run_ablation(base: TrainConfig, variants: list[str], seeds: list[int], output: Path, progress: bool = True,
-                 jobs: int = 1) -> dict[str, Any]:
+                 jobs: int = 1, merge: list[Path] | tuple[Path, ...] = ()) -> dict[str, Any]:
     """Train every (variant, seed), seed by seed so that a full table of one seed comes first; each run resumes.
 
     With ``jobs`` > 1 that many runs train at once in worker processes, the CPU threads split between them (small
-    networks use two single-thread processes better than one two-thread process).
+    networks use two single-thread processes better than one two-thread process). ``merge`` names earlier
+    results.json files of the same protocol whose runs join the table (see ``load_merged_runs``).
     """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     if jobs < 1:
         raise ValueError(f"jobs must be ≥ 1, got {jobs}")
+    merged = load_merged_runs(merge, base)
     output.mkdir(parents=True, exist_ok=True)
     planned = [(variant, seed) for seed in seeds for variant in variants]
     runs: list[dict[str, Any]] = []
@@ -63,8 +66,8 @@ def run_ablation(base: TrainConfig, variants: list[str], seeds: list[int], outpu
                      "train_seconds": result["elapsed_s"],
                      "history": [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"], "mask": h.get("mask")}
                                  for h in result["history"]]})
-        runs.sort(key=lambda r: planned.index((r["variant"], r["seed"])))
-        report = write_report(base, seeds, runs, output)
+        report_reproduction(runs[-1], merged)
+        report = write_report(base, combine_runs(runs, merged, variants), output)
 
     if jobs == 1:
         for variant, seed in planned:
@@ -84,13 +87,62 @@ def run_ablation(base: TrainConfig, variants: list[str], seeds: list[int], outpu
     return report
 
 
-def write_report(base: TrainConfig, seeds: list[int], runs: list[dict[str, Any]], output: Path) -> dict[str, Any]:
+def protocol_of(base: TrainConfig) -> dict[str, Any]:
+    """What every run of one table shares: the base training options less the variant's, the seed and the machine."""
+    return {key: value for key, value in asdict(base).items() if key not in RUN_SPECIFIC}
+
+
+def budget_of(base: TrainConfig) -> dict[str, Any]:
+    return {"epochs": base.epochs, "iterations_per_epoch": base.iterations_per_epoch, "batch_size": base.batch_size,
+            "unlabeled_batch_size": base.unlabeled_batch_size, "backbone": base.backbone}
+
+
+def load_merged_runs(paths: list[Path] | tuple[Path, ...], base: TrainConfig) -> list[dict[str, Any]]:
+    """Runs of earlier results.json files, checked to be of this protocol: same label fraction and budget, and the
+    same base options where the file records them (reports written before they were recorded carry only the
+    budget). Lets a table grow over sessions or machines without retraining what it already has."""
+    merged: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            report = json.loads(Path(path).read_text())
+            fraction, budget, earlier_runs = report["label_fraction"], report["budget"], report["runs"]
+        except FileNotFoundError:
+            raise ValueError(f"{path}: ablation report not found") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not an ablation results.json ({error})") from None
+        differing = [key for key, value in protocol_of(base).items()
+                     if key in report.get("protocol", {}) and report["protocol"][key] != value]
+        if fraction != base.label_fraction or budget != budget_of(base) or differing:
+            detail = ", ".join(differing) or f"label fraction {fraction}, budget {budget}"
+            raise ValueError(f"{path}: another protocol than this run's ({detail}); only the same protocol merges")
+        merged.extend(earlier_runs)
+    return merged
+
+
+def report_reproduction(run: dict[str, Any], merged: list[dict[str, Any]]) -> None:
+    """Say whether a run trained here reproduces the merged run of the same variant and seed (it replaces it): the
+    protocol is seeded, so on the same machine and thread count it reproduces to the last digit."""
+    for earlier in merged:
+        if (earlier["variant"], earlier["seed"]) == (run["variant"], run["seed"]):
+            same = abs(run["accuracy"] - earlier["accuracy"]) < 1e-9
+            print(f"{run['variant']}, seed {run['seed']}: {100 * run['accuracy']:.2f}% here, "
+                  f"{100 * earlier['accuracy']:.2f}% in the merged report ({'reproduced' if same else 'DIFFERS'}; "
+                  "the run trained here is kept)", flush=True)
+
+
+def combine_runs(runs: list[dict[str, Any]], merged: list[dict[str, Any]], variants: list[str]) -> list[dict[str, Any]]:
+    """This session's runs and the merged ones, a run trained here replacing a merged run of the same variant and
+    seed; ordered seed by seed, variants in the order asked for, then the others in the harness's order."""
+    combined = {**{(r["variant"], r["seed"]): r for r in merged}, **{(r["variant"], r["seed"]): r for r in runs}}
+    order = list(dict.fromkeys([*variants, *VARIANTS]))
+    return sorted(combined.values(), key=lambda r: (r["seed"], order.index(r["variant"])))
+
+
+def write_report(base: TrainConfig, runs: list[dict[str, Any]], output: Path) -> dict[str, Any]:
     """results.json, results.md and results.png of the runs so far (rewritten after every run, atomically)."""
     summary = summarise(runs)
-    report = {"label_fraction": base.label_fraction, "budget": {"epochs": base.epochs,
-              "iterations_per_epoch": base.iterations_per_epoch, "batch_size": base.batch_size,
-              "unlabeled_batch_size": base.unlabeled_batch_size, "backbone": base.backbone}, "seeds": seeds,
-              "runs": runs, "summary": summary}
+    report = {"label_fraction": base.label_fraction, "budget": budget_of(base), "protocol": protocol_of(base),
+              "seeds": sorted({r["seed"] for r in runs}), "runs": runs, "summary": summary}
     atomic_write_bytes(output / "results.json", json.dumps(report, indent=2).encode())
     atomic_write_bytes(output / "results.md", markdown_table(report).encode())
     plot_summary(summary, output / "results.png", base.label_fraction)

@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ablate_parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ablate_parser.add_argument("--output", type=Path, default=Path("runs/ablation"))
     ablate_parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, CPU threads split between them")
+    ablate_parser.add_argument("--merge", nargs="+", type=Path, default=[], metavar="RESULTS_JSON",
+                               help="earlier results.json of the same protocol whose runs join the table "
+                                    "(a run trained here replaces the same variant and seed)")
     ablate_parser.add_argument("--no-progress", action="store_true")
     ablate_parser.set_defaults(func=run_ablate)
 
@@ -102,7 +105,7 @@ def run_ablate(args: argparse.Namespace) -> int:
     values = dict(values or {}, method="leaf")
     base = TrainConfig.from_dict(values)
     report = run_ablation(base, args.variants or DEFAULT_VARIANTS, args.seeds, args.output, progress=not args.no_progress,
-                          jobs=args.jobs)
+                          jobs=args.jobs, merge=args.merge)
     print(Path(args.output / "results.md").read_text())
     return 0 if report["runs"] else 1
 
