@@ -121,6 +121,11 @@ def test_ablation_harness_reports_every_run(train_npz, publictest_npz, tmp_path)
     paired = report["summary"]["leaf w/o category"]["vs_supervised"]
     assert paired["per_seed"] == pytest.approx(deltas) and paired["ahead"] == sum(d > 0 for d in deltas)
     assert "vs_supervised" not in report["summary"]["supervised"]
+    recall = metadata.metrics["validation"]["per_class_recall"]
+    assert report["runs"][3]["per_class_recall"] == recall and list(recall) == list(metadata.model.classes)
+    runs_recall = [r["per_class_recall"]["happiness"] for r in report["runs"] if r["variant"] == "leaf w/o category"]
+    assert report["summary"]["leaf w/o category"]["recall_mean"]["happiness"] == pytest.approx(100 * np.mean(runs_recall))
+    assert "| leaf w/o category | 2 | " in table.split("Recall per class")[1]
     assert f"{deltas[0]:+.2f}, {deltas[1]:+.2f})" in table
     assert json.loads((tmp_path / "ablation" / "results.json").read_text())["runs"][3]["history"][0]["epoch"] == 1
     for png in ("results.png", "learning.png"):

@@ -14,7 +14,7 @@ import numpy as np
 
 from .metrics import save_figure
 from .trainer import TrainConfig, train
-from .weights import atomic_write_bytes
+from .weights import atomic_write_bytes, read_metadata
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "supervised": {"method": "supervised"},
@@ -61,8 +61,10 @@ def run_ablation(base: TrainConfig, variants: list[str], seeds: list[int], outpu
     def record(variant: str, seed: int, result: dict[str, Any]) -> None:
         nonlocal report
         best = result["history"][result["best_epoch"] - 1]
+        validation = read_metadata(result["weights"]).metrics.get("validation", {})
         runs.append({"variant": variant, "seed": seed, "accuracy": best["val_accuracy"],
-                     "macro_f1": best["val_macro_f1"], "best_epoch": result["best_epoch"],
+                     "macro_f1": best["val_macro_f1"], "per_class_recall": validation.get("per_class_recall"),
+                     "best_epoch": result["best_epoch"],
                      "train_seconds": result["elapsed_s"],
                      "history": [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"], "mask": h.get("mask")}
                                  for h in result["history"]]})
@@ -157,6 +159,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         f1 = np.array([r["macro_f1"] for r in runs if r["variant"] == variant]) * 100
         summary[variant] = {"accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
                             "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std()), "n": int(len(acc))}
+        recalls = [r["per_class_recall"] for r in runs if r["variant"] == variant and r.get("per_class_recall")]
+        if recalls:
+            summary[variant]["recall_mean"] = {cls: float(np.mean([100 * recall[cls] for recall in recalls]))
+                                               for cls in recalls[0]}
+            summary[variant]["recall_n"] = len(recalls)
         paired = paired_difference(runs, variant)
         if paired:
             summary[variant][PAIRED_KEY] = paired
@@ -189,6 +196,14 @@ def markdown_table(report: dict[str, Any]) -> str:
                   + ", ".join(f"{d:+.2f}" for d in paired["per_seed"]) + ")") if paired else "—"
         lines.append(f"| {variant} | {s['accuracy_mean']:.2f} ± {s['accuracy_std']:.2f} | "
                      f"{s['macro_f1_mean']:.2f} ± {s['macro_f1_std']:.2f} | {versus} |")
+    with_recall = {variant: s for variant, s in report["summary"].items() if "recall_mean" in s}
+    if with_recall:
+        classes = list(next(iter(with_recall.values()))["recall_mean"])
+        lines += ["", "Recall per class % at the best epoch (mean over the runs that recorded it):", "",
+                  "| method | runs | " + " | ".join(classes) + " |", "|---|---|" + "---|" * len(classes)]
+        for variant, s in with_recall.items():
+            lines.append(f"| {variant} | {s['recall_n']} | "
+                         + " | ".join(f"{s['recall_mean'][cls]:.1f}" for cls in classes) + " |")
     return "\n".join(lines) + "\n"
 
 
