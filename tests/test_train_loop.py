@@ -142,15 +142,15 @@ def test_ablation_merges_earlier_reports_of_the_same_protocol(train_npz, publict
     first = run_ablation(base, ["supervised"], [0], tmp_path / "first", progress=False)
     earlier = tmp_path / "first" / "results.json"
     report = run_ablation(base, ["fixmatch", "supervised"], [0], tmp_path / "second", progress=False, merge=[earlier])
-    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [("fixmatch", 0), ("supervised", 0)]
-    supervised = report["runs"][1]["accuracy"]
+    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [("supervised", 0), ("fixmatch", 0)]
+    supervised = report["runs"][0]["accuracy"]
     assert supervised == first["runs"][0]["accuracy"]
     printed = capsys.readouterr().out
     assert "supervised, seed 0: " in printed and "(reproduced;" in printed and "DIFFERS" not in printed
     merged_only = run_ablation(base, ["fixmatch"], [0], tmp_path / "third", progress=False, merge=[earlier])
-    assert [(r["variant"], r["seed"]) for r in merged_only["runs"]] == [("fixmatch", 0), ("supervised", 0)]
+    assert [(r["variant"], r["seed"]) for r in merged_only["runs"]] == [("supervised", 0), ("fixmatch", 0)]
     paired = merged_only["summary"]["fixmatch"]["vs_supervised"]
-    assert paired["per_seed"] == pytest.approx([100 * (merged_only["runs"][0]["accuracy"] - supervised)])
+    assert paired["per_seed"] == pytest.approx([100 * (merged_only["runs"][1]["accuracy"] - supervised)])
     with pytest.raises(ValueError, match="another protocol"):
         run_ablation(replace(base, lr=1e-3), ["fixmatch"], [0], tmp_path / "fourth", progress=False, merge=[earlier])
     with pytest.raises(ValueError, match="not found"):

@@ -72,7 +72,7 @@ def run_ablation(base: TrainConfig, variants: list[str], seeds: list[int], outpu
                      "history": [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"], "mask": h.get("mask")}
                                  for h in result["history"]]})
         report_reproduction(runs[-1], merged)
-        report = write_report(base, combine_runs(runs, merged, variants), output)
+        report = write_report(base, combine_runs(runs, merged), output)
 
     if jobs == 1:
         for variant, seed in planned:
@@ -135,11 +135,11 @@ def report_reproduction(run: dict[str, Any], merged: list[dict[str, Any]]) -> No
                   "the run trained here is kept)", flush=True)
 
 
-def combine_runs(runs: list[dict[str, Any]], merged: list[dict[str, Any]], variants: list[str]) -> list[dict[str, Any]]:
+def combine_runs(runs: list[dict[str, Any]], merged: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """This session's runs and the merged ones, a run trained here replacing a merged run of the same variant and
-    seed; ordered seed by seed, variants in the order asked for, then the others in the harness's order."""
+    seed; ordered seed by seed, variants in the harness's order (baselines, LEAF, ablations, opt-in variants)."""
     combined = {**{(r["variant"], r["seed"]): r for r in merged}, **{(r["variant"], r["seed"]): r for r in runs}}
-    order = list(dict.fromkeys([*variants, *VARIANTS]))
+    order = list(VARIANTS)
     return sorted(combined.values(), key=lambda r: (r["seed"], order.index(r["variant"])))
 
 
