@@ -155,6 +155,11 @@ def test_ablation_merges_earlier_reports_of_the_same_protocol(train_npz, publict
         run_ablation(replace(base, lr=1e-3), ["fixmatch"], [0], tmp_path / "fourth", progress=False, merge=[earlier])
     with pytest.raises(ValueError, match="not found"):
         run_ablation(base, ["fixmatch"], [0], tmp_path / "fourth", progress=False, merge=[tmp_path / "none.json"])
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text(json.dumps({**json.loads(earlier.read_text()), "runs": [{"variant": "leaf", "seed": 0}]}))
+    with pytest.raises(ValueError, match="runs without accuracy, macro_f1"):
+        run_ablation(base, ["fixmatch"], [0], tmp_path / "fourth", progress=False, merge=[truncated])
+    assert not (tmp_path / "fourth").exists()
 
 
 def test_ablation_runs_in_parallel_workers(train_npz, publictest_npz, tmp_path):

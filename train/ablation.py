@@ -33,6 +33,7 @@ OPT_IN_VARIANTS = ("leaf + alignment", "supervised on all labels")
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in OPT_IN_VARIANTS]
 BASELINE = "supervised"
 PAIRED_KEY = f"vs_{BASELINE}"
+RUN_KEYS = ("variant", "seed", "accuracy", "macro_f1")
 RUN_SPECIFIC = {"seed", "output", "threads", "device"} | {key for overrides in VARIANTS.values() for key in overrides}
 
 
@@ -111,10 +112,16 @@ def load_merged_runs(paths: list[Path] | tuple[Path, ...], base: TrainConfig) ->
         try:
             report = json.loads(Path(path).read_text())
             fraction, budget, earlier_runs = report["label_fraction"], report["budget"], report["runs"]
+            missing = sorted({key for run in earlier_runs for key in RUN_KEYS if key not in run})
         except FileNotFoundError:
             raise ValueError(f"{path}: ablation report not found") from None
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"{path}: not an ablation results.json ({error})") from None
+        if missing:
+            raise ValueError(f"{path}: not an ablation results.json (runs without {', '.join(missing)})")
+        unknown = {run["variant"] for run in earlier_runs} - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"{path}: unknown variant(s) {sorted(unknown)}; known: {list(VARIANTS)}")
         differing = [key for key, value in protocol_of(base).items()
                      if key in report.get("protocol", {}) and report["protocol"][key] != value]
         if fraction != base.label_fraction or budget != budget_of(base) or differing:
