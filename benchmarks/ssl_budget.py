@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leaf_fer.train.ablation import BASELINE
+from leaf_fer.train.ablation import BASELINE, paired_difference
 from leaf_fer.train.metrics import save_figure
 from leaf_fer.train.weights import atomic_write_bytes
 
@@ -26,25 +26,22 @@ METHODS = ["supervised on all labels", "leaf", "leaf + alignment", "fixmatch"]
 
 
 def budget_rows(paths: list[Path]) -> list[dict]:
-    """One row per (budget, method): steps, both mean accuracies, and the method's accuracy minus the baseline's on
-    the same split, per seed."""
+    """One row per (budget, method): steps, both mean accuracies on the seeds both have, and the method's paired
+    difference with the baseline (``paired_difference``, per seed)."""
     rows = []
     for path in paths:
         report = json.loads(path.read_text())
         budget = report["budget"]
-        accuracy: dict[str, dict[int, float]] = {}
-        for run in report["runs"]:
-            accuracy.setdefault(run["variant"], {})[run["seed"]] = 100 * run["accuracy"]
-        baseline = accuracy.get(BASELINE, {})
+        accuracy = {(run["variant"], run["seed"]): 100 * run["accuracy"] for run in report["runs"]}
         for method in METHODS:
-            seeds = sorted(set(accuracy.get(method, {})) & set(baseline))
-            if seeds:
-                deltas = {seed: accuracy[method][seed] - baseline[seed] for seed in seeds}
+            paired = paired_difference(report["runs"], method)
+            if paired:
+                seeds = paired["seeds"]
                 rows.append({"report": str(path), "label_fraction": report["label_fraction"],
                              "steps": budget["epochs"] * budget["iterations_per_epoch"], "method": method,
-                             "seeds": seeds, "baseline_accuracy": float(np.mean([baseline[s] for s in seeds])),
-                             "accuracy": float(np.mean([accuracy[method][s] for s in seeds])),
-                             "per_seed": [deltas[s] for s in seeds], "vs_baseline": float(np.mean(list(deltas.values())))})
+                             "seeds": seeds, "baseline_accuracy": float(np.mean([accuracy[BASELINE, s] for s in seeds])),
+                             "accuracy": float(np.mean([accuracy[method, s] for s in seeds])),
+                             "per_seed": paired["per_seed"], "vs_baseline": paired["mean"]})
     return rows
 
 
@@ -52,11 +49,12 @@ def share_of_oracle(row: dict, oracle: dict | None) -> str:
     """The method's mean lead over the oracle's, on the seeds both have (when the oracle's lead is worth dividing by)."""
     if oracle is None or row is oracle:
         return "—"
-    common = [i for i, seed in enumerate(row["seeds"]) if seed in oracle["seeds"]]
-    lead = np.mean([oracle["per_seed"][oracle["seeds"].index(row["seeds"][i])] for i in common]) if common else 0.0
+    mine, oracles = dict(zip(row["seeds"], row["per_seed"])), dict(zip(oracle["seeds"], oracle["per_seed"]))
+    common = sorted(mine.keys() & oracles.keys())
+    lead = np.mean([oracles[seed] for seed in common]) if common else 0.0
     if lead < 0.5:
         return "—"
-    return f"{100 * np.mean([row['per_seed'][i] for i in common]) / lead:.0f}% (seeds {[row['seeds'][i] for i in common]})"
+    return f"{100 * np.mean([mine[seed] for seed in common]) / lead:.0f}% (seeds {common})"
 
 
 def markdown(rows: list[dict]) -> str:

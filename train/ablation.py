@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .metrics import save_figure
-from .trainer import TrainConfig, train
+from .trainer import PLACEMENT_OPTIONS, TrainConfig, train
 from .weights import atomic_write_bytes, read_metadata
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -34,7 +34,7 @@ DEFAULT_VARIANTS = [v for v in VARIANTS if v not in OPT_IN_VARIANTS]
 BASELINE = "supervised"
 PAIRED_KEY = f"vs_{BASELINE}"
 RUN_KEYS = ("variant", "seed", "accuracy", "macro_f1")
-RUN_SPECIFIC = {"seed", "output", "threads", "device"} | {key for overrides in VARIANTS.values() for key in overrides}
+RUN_SPECIFIC = {"seed", *PLACEMENT_OPTIONS} | {key for overrides in VARIANTS.values() for key in overrides}
 
 
 def variant_config(base: TrainConfig, variant: str, seed: int, output: Path) -> TrainConfig:
@@ -186,11 +186,12 @@ def paired_difference(runs: list[dict[str, Any]], variant: str) -> dict[str, Any
     if variant == BASELINE:
         return None
     baseline = {r["seed"]: r["accuracy"] for r in runs if r["variant"] == BASELINE}
-    deltas = [100 * (r["accuracy"] - baseline[r["seed"]]) for r in runs if r["variant"] == variant and r["seed"] in baseline]
-    if not deltas:
+    paired = [r for r in runs if r["variant"] == variant and r["seed"] in baseline]
+    if not paired:
         return None
-    return {"per_seed": deltas, "mean": float(np.mean(deltas)), "std": float(np.std(deltas)),
-            "ahead": sum(d > 0 for d in deltas), "n": len(deltas)}
+    deltas = [100 * (r["accuracy"] - baseline[r["seed"]]) for r in paired]
+    return {"per_seed": deltas, "seeds": [r["seed"] for r in paired], "mean": float(np.mean(deltas)),
+            "std": float(np.std(deltas)), "ahead": sum(d > 0 for d in deltas), "n": len(deltas)}
 
 
 def markdown_table(report: dict[str, Any]) -> str:

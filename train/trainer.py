@@ -338,11 +338,15 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
             "weights": str(output / "model.safetensors"), "history": state["history"]}
 
 
+PLACEMENT_OPTIONS = ("output", "device", "threads")
+"""Where and how fast a run trains, not what it computes."""
+
+
 def _run_identity(config: dict[str, Any]) -> dict[str, Any]:
     """The options that define a run (options added since it was saved take their defaults); where and how fast it
     runs may change across a resume."""
     full = asdict(TrainConfig()) | config
-    return {k: v for k, v in full.items() if k not in ("output", "device", "threads")}
+    return {k: v for k, v in full.items() if k not in PLACEMENT_OPTIONS}
 
 
 def confidence_ceiling(config: TrainConfig, labeled_targets: torch.Tensor) -> float:
