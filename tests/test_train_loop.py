@@ -172,3 +172,35 @@ def test_ablation_runs_in_parallel_workers(train_npz, publictest_npz, tmp_path):
         ("supervised", 0), ("fixmatch", 0), ("supervised", 1), ("fixmatch", 1)]
     _, metadata = load_weights(tmp_path / "parallel" / "fixmatch_seed1" / "model.safetensors")
     assert metadata.training["config"]["threads"] == max(1, os.cpu_count() // 2)
+
+
+def test_unlabeled_faces_keep_their_true_labels_for_diagnostics_only(train_npz, publictest_npz, tmp_path):
+    from leaf_fer.train.data import load_npz, targets_for
+    from leaf_fer.train.trainer import CLASS_SETS, prepare_splits
+
+    faces = np.load(publictest_npz)["images"][:30]
+    np.savez(tmp_path / "crops.npz", images=faces)
+    config = tiny_config(train_npz, publictest_npz, tmp_path / "run", method="leaf", label_fraction=0.25,
+                         unlabeled_data=str(tmp_path / "crops.npz"))
+    splits = prepare_splits(config)
+    assert len(splits.unlabeled_hard) == len(splits.unlabeled_images)
+    assert (splits.unlabeled_hard[-30:] == -1).all()
+    everything = load_npz(train_npz)
+    subset = everything.subset(np.random.default_rng(config.seed).permutation(len(everything))[:400])
+    hard = targets_for(subset, CLASS_SETS["ferplus"]).hard
+    counts = np.bincount(hard[hard >= 0], minlength=8)
+    together = np.concatenate([splits.labeled_hard.numpy(), splits.unlabeled_hard[:-30]])
+    assert (np.bincount(together[together >= 0], minlength=8) == counts).all()
+
+    train(config, progress=False)
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "pseudo_labels.py")
+    done = subprocess.run([sys.executable, script, str(tmp_path / "run"), "--output", str(tmp_path / "report")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    [report] = json.loads((tmp_path / "report" / "pseudo_labels.json").read_text())
+    assert report["unlabeled_faces"] == int((splits.unlabeled_hard >= 0).sum())
+    assert sum(c["faces"] for c in report["per_class"].values()) == report["unlabeled_faces"]
+    assert 0.0 <= report["pass_rate"] <= 1.0 and 0.0 <= report["accuracy"] <= 1.0
+    assert (tmp_path / "report" / "pseudo_labels.png").stat().st_size > 0
+    missing = subprocess.run([sys.executable, script, str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert missing.returncode != 0 and "no model.safetensors" in missing.stderr

@@ -94,6 +94,9 @@ class TrainConfig:
 
 @dataclass
 class Splits:
+    """The run's data; ``unlabeled_hard`` holds the unlabeled faces' true labels where the data has them (-1 elsewhere),
+    for diagnostics (benchmarks/pseudo_labels.py) only: no method reads it."""
+
     labeled_images: torch.Tensor
     labeled_targets: torch.Tensor
     labeled_hard: torch.Tensor
@@ -101,6 +104,7 @@ class Splits:
     val_images: torch.Tensor
     val_hard: np.ndarray
     data_hash: str
+    unlabeled_hard: np.ndarray
 
 
 def resolve_device(name: str) -> torch.device:
@@ -136,10 +140,12 @@ def prepare_splits(config: TrainConfig) -> Splits:
         unlabeled_index = np.setdiff1d(unlabeled_index, np.setdiff1d(usable, train_index))
     as_tensor = lambda images: torch.from_numpy(np.ascontiguousarray(images))  # noqa: E731
     unlabeled_images = train.images[unlabeled_index]
+    unlabeled_hard = targets.hard[unlabeled_index]
     data_hash = train.content_hash() + ":" + val.content_hash()
     if config.unlabeled_data:
         extra = load_unlabeled_faces(config.unlabeled_data)
         unlabeled_images = np.concatenate([unlabeled_images, extra])
+        unlabeled_hard = np.concatenate([unlabeled_hard, np.full(len(extra), -1, dtype=unlabeled_hard.dtype)])
         data_hash += ":" + hashlib.sha256(extra.tobytes()).hexdigest()[:16]
     return Splits(
         labeled_images=as_tensor(train.images[labeled_index]),
@@ -149,6 +155,7 @@ def prepare_splits(config: TrainConfig) -> Splits:
         val_images=as_tensor(val.images[val_rows]),
         val_hard=val_targets.hard[val_rows],
         data_hash=data_hash,
+        unlabeled_hard=unlabeled_hard,
     )
 
 
