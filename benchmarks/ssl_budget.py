@@ -1,6 +1,6 @@
 """How the semi-supervised methods' lead over supervised-only grows with the training budget, next to the oracle's.
 
-Reads the `leaf-fer ablate` reports of one protocol at several budgets (default: the three in reports/) and, per
+Reads the `leaf-fer ablate` reports of one protocol at several budgets (default: the four in reports/) and, per
 budget, tabulates and plots each method's accuracy minus supervised-only's on the same split, seed by seed. The
 oracle (`supervised on all labels`) bounds what the unlabeled faces could add at that budget. Writes
 reports/ssl_budget/{budget.md,budget.json,budget.png}.
@@ -21,7 +21,7 @@ from leaf_fer.train.metrics import save_figure
 from leaf_fer.train.weights import atomic_write_bytes
 
 DEFAULT_REPORTS = [Path("reports/ablation/results.json"), Path("reports/ablation_long/results.json"),
-                   Path("reports/ablation_4500/results.json")]
+                   Path("reports/ablation_4500/results.json"), Path("reports/ablation_9000/results.json")]
 METHODS = ["supervised on all labels", "leaf", "leaf + alignment", "fixmatch"]
 
 
