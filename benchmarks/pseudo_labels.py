@@ -21,10 +21,9 @@ import torch
 
 from leaf_fer.train.algorithms import Algorithm
 from leaf_fer.train.metrics import save_figure
-from leaf_fer.train.trainer import TrainConfig, confidence_ceiling, predict_probabilities, prepare_splits
+from leaf_fer.train.trainer import (THRESHOLD_SAMPLE, TrainConfig, confidence_ceiling, predict_probabilities,
+                                    prepare_splits)
 from leaf_fer.train.weights import atomic_write_bytes, load_weights
-
-THRESHOLD_SAMPLE = 4096  # labeled faces the trainer scores to set the thresholds
 
 
 def analyse_run(run: Path) -> dict:

@@ -24,6 +24,7 @@ from .metrics import Scores, plot_confusion, plot_curves, score
 from .model import FER2013_CLASSES, FERPLUS_CLASSES, LeafNet, ModelConfig, count_parameters
 from .weights import WeightsMetadata, atomic_write_bytes, file_sha256, save_weights
 
+THRESHOLD_SAMPLE = 4096  # labeled faces the teacher scores after each epoch to set the class-adaptive thresholds
 CLASS_SETS = {"ferplus": FERPLUS_CLASSES, "fer2013": FER2013_CLASSES}
 
 
@@ -315,8 +316,8 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
                 logs_sum[key] = logs_sum.get(key, 0.0) + value
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if algorithm.uses_unlabeled:
-            train_probs = predict_probabilities(teacher.model, splits.labeled_images[: 4096])
-            hard = splits.labeled_hard[: 4096].numpy()
+            train_probs = predict_probabilities(teacher.model, splits.labeled_images[:THRESHOLD_SAMPLE])
+            hard = splits.labeled_hard[:THRESHOLD_SAMPLE].numpy()
             keep = hard >= 0
             algorithm.update_thresholds(torch.from_numpy(train_probs.max(1)[keep]),
                                         torch.from_numpy(train_probs.argmax(1)[keep] == hard[keep]), torch.from_numpy(hard[keep]))
