@@ -21,8 +21,8 @@ import torch
 
 from leaf_fer.train.algorithms import Algorithm
 from leaf_fer.train.metrics import save_figure
-from leaf_fer.train.trainer import (THRESHOLD_SAMPLE, TrainConfig, confidence_ceiling, predict_probabilities,
-                                    prepare_splits)
+from leaf_fer.train.trainer import (TrainConfig, confidence_ceiling, predict_probabilities, prepare_splits,
+                                    refresh_thresholds)
 from leaf_fer.train.weights import atomic_write_bytes, load_weights
 
 
@@ -34,16 +34,11 @@ def analyse_run(run: Path) -> dict:
     classes = list(net.config.classes)
     algorithm = Algorithm(net, len(classes), autocast=False,
                           confidence_ceiling=confidence_ceiling(config, splits.labeled_targets))
-    labeled_probs = predict_probabilities(net, splits.labeled_images[:THRESHOLD_SAMPLE])
-    hard = splits.labeled_hard[:THRESHOLD_SAMPLE].numpy()
-    known = hard >= 0
-    algorithm.update_thresholds(torch.from_numpy(labeled_probs.max(1)[known]),
-                                torch.from_numpy(labeled_probs.argmax(1)[known] == hard[known]),
-                                torch.from_numpy(hard[known]))
+    refresh_thresholds(algorithm, net, splits)
     thresholds = algorithm.thresholds.numpy()
     rows = splits.unlabeled_hard >= 0
     truth = splits.unlabeled_hard[rows].astype(int)
-    probs = predict_probabilities(net, splits.unlabeled_images[torch.from_numpy(np.flatnonzero(rows))])
+    probs = predict_probabilities(net, splits.unlabeled_images[torch.from_numpy(rows)])
     pseudo, confidence = probs.argmax(1), probs.max(1)
     passes = confidence >= thresholds[pseudo]
     right = pseudo == truth

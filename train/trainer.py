@@ -192,6 +192,15 @@ def predict_probabilities(net: LeafNet, images: torch.Tensor, batch_size: int = 
     return torch.cat(out).numpy() if out else np.zeros((0, config.num_classes), dtype=np.float32)
 
 
+def refresh_thresholds(algorithm: Algorithm, teacher: LeafNet, splits: Splits) -> None:
+    """Set the class-adaptive thresholds from the teacher's confidence on (up to THRESHOLD_SAMPLE) labeled faces."""
+    probs = predict_probabilities(teacher, splits.labeled_images[:THRESHOLD_SAMPLE])
+    hard = splits.labeled_hard[:THRESHOLD_SAMPLE].numpy()
+    keep = hard >= 0
+    algorithm.update_thresholds(torch.from_numpy(probs.max(1)[keep]),
+                                torch.from_numpy(probs.argmax(1)[keep] == hard[keep]), torch.from_numpy(hard[keep]))
+
+
 def evaluate_split(net: LeafNet, images: torch.Tensor, labels: np.ndarray) -> Scores:
     probs = predict_probabilities(net, images)
     return score(labels, probs.argmax(axis=1), net.config.classes)
@@ -316,11 +325,7 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
                 logs_sum[key] = logs_sum.get(key, 0.0) + value
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if algorithm.uses_unlabeled:
-            train_probs = predict_probabilities(teacher.model, splits.labeled_images[:THRESHOLD_SAMPLE])
-            hard = splits.labeled_hard[:THRESHOLD_SAMPLE].numpy()
-            keep = hard >= 0
-            algorithm.update_thresholds(torch.from_numpy(train_probs.max(1)[keep]),
-                                        torch.from_numpy(train_probs.argmax(1)[keep] == hard[keep]), torch.from_numpy(hard[keep]))
+            refresh_thresholds(algorithm, teacher.model, splits)
         scores = evaluate_split(teacher.model, splits.val_images, splits.val_hard)
         elapsed = time.perf_counter() - start
         state["elapsed_s"] += elapsed
