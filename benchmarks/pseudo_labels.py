@@ -5,6 +5,8 @@ recorded config, recomputes the class-adaptive thresholds the way training does 
 correctly classified labeled faces, never below the floor), and pseudo-labels the unlabeled faces on their clean view.
 With the faces' true FER+ labels (which no method reads while training) it reports how many pass, how often the
 passing pseudo-labels are right, and where the model's mistakes lie: what passes is what the model already knows.
+Below the thresholds it reports how often LEAF's ambiguous positive set (smallest top-k reaching the scaled 0.9 mass)
+holds the true class: what a ranking loss on those faces would push up.
 Writes reports/pseudo_labels/{pseudo_labels.md,pseudo_labels.json,pseudo_labels.png}.
 
     python benchmarks/pseudo_labels.py runs/ablation_9000/leaf_seed0 runs/ablation_9000/supervised_seed0
@@ -19,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from leaf_fer.train.algorithms import Algorithm
+from leaf_fer.train.algorithms import Algorithm, Leaf
+from leaf_fer.train.losses import ambiguous_positive_mask
 from leaf_fer.train.metrics import save_figure
 from leaf_fer.train.trainer import (TrainConfig, confidence_ceiling, predict_probabilities, prepare_splits,
                                     refresh_thresholds)
@@ -42,6 +45,9 @@ def analyse_run(run: Path) -> dict:
     pseudo, confidence = probs.argmax(1), probs.max(1)
     passes = confidence >= thresholds[pseudo]
     right = pseudo == truth
+    positive = ambiguous_positive_mask(torch.from_numpy(probs), Leaf.positive_mass * algorithm.confidence_ceiling).numpy()
+    covered = positive[np.arange(len(truth)), truth]
+    below, below_errors = ~passes, ~passes & ~right
     per_class = {}
     for index, name in enumerate(classes):
         of_class = truth == index
@@ -62,6 +68,9 @@ def analyse_run(run: Path) -> dict:
         "precision": float(right[passes].mean()) if passes.any() else None,
         "accuracy_below_thresholds": float(right[~passes].mean()) if (~passes).any() else None,
         "errors_passing": float(passes[~right].mean()) if (~right).any() else None,
+        "positive_set_size_below": float(positive[below].sum(1).mean()) if below.any() else None,
+        "true_class_in_positive_set_below": float(covered[below].mean()) if below.any() else None,
+        "errors_below_with_true_class_in_positive_set": float(covered[below_errors].mean()) if below_errors.any() else None,
         "per_class": per_class,
     }
 
@@ -70,15 +79,22 @@ def percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
+def classes_count(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def markdown(results: list[dict]) -> str:
     lines = ["Unlabeled faces of each run's split with a FER+ majority label, pseudo-labelled by the run's best EMA "
              "teacher on their clean view, thresholds recomputed as in training.", "",
              "| run | method | seed | steps | val acc % | unlabeled acc % | pass % | precision of passing % | "
-             "acc below thresholds % | errors that pass % |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "acc below thresholds % | errors that pass % | positive set below (classes) | true class in it % | "
+             "of errors below % |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['run']} | {r['method']} | {r['seed']} | {r['steps']:,} | {percent(r['validation_accuracy'])} | "
                      f"{percent(r['accuracy'])} | {percent(r['pass_rate'])} | {percent(r['precision'])} | "
-                     f"{percent(r['accuracy_below_thresholds'])} | {percent(r['errors_passing'])} |")
+                     f"{percent(r['accuracy_below_thresholds'])} | {percent(r['errors_passing'])} | "
+                     f"{classes_count(r['positive_set_size_below'])} | {percent(r['true_class_in_positive_set_below'])} | "
+                     f"{percent(r['errors_below_with_true_class_in_positive_set'])} |")
     classes = list(results[0]["per_class"]) if results else []
     lines += ["", "Per true class: share of its faces that pass / accuracy on its faces (%); faces per class from the "
               "first run.", "", "| run | " + " | ".join(f"{c} ({results[0]['per_class'][c]['faces']:,})" for c in classes) + " |",

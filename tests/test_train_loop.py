@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -201,6 +202,53 @@ def test_unlabeled_faces_keep_their_true_labels_for_diagnostics_only(train_npz, 
     assert report["unlabeled_faces"] == int((splits.unlabeled_hard >= 0).sum())
     assert sum(c["faces"] for c in report["per_class"].values()) == report["unlabeled_faces"]
     assert 0.0 <= report["pass_rate"] <= 1.0 and 0.0 <= report["accuracy"] <= 1.0
+    assert 1.0 <= report["positive_set_size_below"] <= 3.0
+    assert report["true_class_in_positive_set_below"] >= report["accuracy_below_thresholds"]
     assert (tmp_path / "report" / "pseudo_labels.png").stat().st_size > 0
     missing = subprocess.run([sys.executable, script, str(tmp_path / "nothing")], capture_output=True, text=True)
     assert missing.returncode != 0 and "no model.safetensors" in missing.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the workers through /proc (Linux)")
+def test_killing_the_ablation_harness_ends_its_workers(train_npz, publictest_npz, tmp_path):
+    config = tmp_path / "long.yaml"
+    config.write_text(f"data: {train_npz}\nval_data: {publictest_npz}\nlabel_fraction: 0.1\nepochs: 50\n"
+                      "iterations_per_epoch: 50\nbatch_size: 16\nunlabeled_batch_size: 16\nmax_train_samples: 300\n")
+    args = [sys.executable, "-m", "leaf_fer", "ablate", "--config", str(config), "--variants", "supervised", "leaf",
+            "--seeds", "0", "--jobs", "2", "--output", str(tmp_path / "ablation"), "--no-progress"]
+    harness = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def training_workers() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except (OSError, IndexError):
+                continue
+            if parent == harness.pid and b"spawn_main" in command:
+                found.append(int(pid))
+        return found
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    logs = [tmp_path / "ablation" / name / "train_log.jsonl" for name in ("supervised_seed0", "leaf_seed0")]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and harness.poll() is None and not all(log.is_file() for log in logs):
+        time.sleep(0.5)
+    assert harness.poll() is None, "the harness ended before it could be killed: " + harness.stdout.read()
+    assert all(log.is_file() for log in logs), "the workers never started training"
+    started = training_workers()
+    assert len(started) == 2
+    harness.send_signal(signal.SIGKILL)
+    harness.wait()
+    deadline = time.monotonic() + 30
+    alive = started
+    while time.monotonic() < deadline and alive:
+        alive = [pid for pid in started if running(pid)]
+        time.sleep(0.5)
+    assert not alive, f"workers {alive} kept training after the harness was killed"

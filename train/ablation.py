@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -25,11 +27,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "leaf w/o category": {"method": "leaf", "category_level": False},
     "leaf + contrastive": {"method": "leaf", "contrastive_weight": 0.1},
     "leaf + alignment": {"method": "leaf", "distribution_alignment": True},
+    "leaf + ranking below threshold": {"method": "leaf", "rank_below_threshold": True},
     "supervised on all labels": {"method": "supervised", "label_fraction": 1.0},
 }
 # Run only when asked for. "supervised on all labels" is the oracle: the unlabeled faces with their true labels, same
 # steps and batch; its lead over "supervised" is about the most the unlabeled faces could add at this budget.
-OPT_IN_VARIANTS = ("leaf + alignment", "supervised on all labels")
+OPT_IN_VARIANTS = ("leaf + alignment", "leaf + ranking below threshold", "supervised on all labels")
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in OPT_IN_VARIANTS]
 BASELINE = "supervised"
 PAIRED_KEY = f"vs_{BASELINE}"
@@ -81,7 +84,8 @@ def run_ablation(base: TrainConfig, variants: list[str], seeds: list[int], outpu
             record(variant, seed, train(variant_config(base, variant, seed, output), progress=progress))
         return report
     threads = base.threads or max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(train, replace(variant_config(base, variant, seed, output), threads=threads),
                                restart=False, progress=False):
                    (variant, seed) for variant, seed in planned}
@@ -91,6 +95,21 @@ def run_ablation(base: TrainConfig, variants: list[str], seeds: list[int], outpu
             print(f"== {variant}, seed {seed}: {100 * result['best_accuracy']:.2f}%", flush=True)
             record(variant, seed, result)
     return report
+
+
+PARENT_POLL_SECONDS = 1.0
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this training worker when the harness that started it is gone (killed, not only
+    interrupted), instead of training on unseen into the same run folders as the next harness."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def protocol_of(base: TrainConfig) -> dict[str, Any]:
