@@ -22,7 +22,7 @@ from leaf_fer.train.weights import atomic_write_bytes
 
 DEFAULT_REPORTS = [Path("reports/ablation/results.json"), Path("reports/ablation_long/results.json"),
                    Path("reports/ablation_4500/results.json"), Path("reports/ablation_9000/results.json")]
-METHODS = ["supervised on all labels", "leaf", "leaf + alignment", "fixmatch"]
+METHODS = ["supervised on all labels", "leaf", "leaf + ranking below threshold", "leaf + alignment", "fixmatch"]
 
 
 def budget_rows(paths: list[Path]) -> list[dict]:

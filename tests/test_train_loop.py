@@ -252,3 +252,26 @@ def test_killing_the_ablation_harness_ends_its_workers(train_npz, publictest_npz
         alive = [pid for pid in started if running(pid)]
         time.sleep(0.5)
     assert not alive, f"workers {alive} kept training after the harness was killed"
+
+
+def test_paired_difference_over_the_last_epochs_ignores_the_best_epoch():
+    from leaf_fer.train.ablation import LAST_EPOCHS, LATE_PAIRED_KEY, late_accuracy, markdown_table, summarise
+
+    def run(variant, seed, curve, best):
+        return {"variant": variant, "seed": seed, "accuracy": best, "macro_f1": 0.5,
+                "history": [{"epoch": e + 1, "val_accuracy": a, "mask": None} for e, a in enumerate(curve)]}
+
+    flat = [0.80] * (LAST_EPOCHS + 5)
+    spiky = [0.70] * 5 + [0.82] * (LAST_EPOCHS - 1) + [0.90]
+    runs = [run("supervised", 0, spiky, 0.90), run("leaf", 0, flat, 0.80), run("leaf", 1, flat, 0.80),
+            run("supervised", 2, [0.8] * (LAST_EPOCHS - 1), 0.8)]
+    assert late_accuracy(runs[0]) == pytest.approx((0.82 * (LAST_EPOCHS - 1) + 0.90) / LAST_EPOCHS)
+    assert late_accuracy(runs[3]) is None
+    summary = summarise(runs)
+    assert summary["leaf"]["vs_supervised"]["per_seed"] == pytest.approx([-10.0])
+    late = summary["leaf"][LATE_PAIRED_KEY]
+    assert late["seeds"] == [0] and late["per_seed"] == pytest.approx([100 * (0.80 - late_accuracy(runs[0]))])
+    table = markdown_table({"label_fraction": 0.1, "seeds": [0, 1, 2], "summary": summary,
+                            "budget": {"backbone": "resnet-xs", "epochs": 15, "iterations_per_epoch": 10,
+                                       "batch_size": 32, "unlabeled_batch_size": 32}})
+    assert f"{late['per_seed'][0]:+.2f})" in table and "-10.00)" in table

@@ -65,6 +65,13 @@ def test_category_level_loss_only_on_confident_rows():
     some = category_level_loss(logits, probs, torch.tensor([True, False, True, False]))
     some.backward()
     assert logits.grad[1].abs().sum() == 0 and logits.grad[0].abs().sum() > 0
+    rows = torch.tensor([True, False, True, False])
+    plain = category_level_loss(logits, probs, rows, rescale=False)
+    positive = ambiguous_positive_mask(probs[rows])
+    margin = (torch.where(positive, probs[rows], 1.0).amin(-1) - torch.where(positive, 0.0, probs[rows]).amax(-1)).clamp(0, 1)
+    torch.testing.assert_close(plain, (ranking_loss(logits[rows], positive) * margin).mean())
+    undecided = category_level_loss(logits, torch.full((4, 8), 1 / 8), torch.ones(4, dtype=torch.bool), rescale=False)
+    assert undecided.item() == 0.0
 
 
 def test_strong_views_leave_batchnorm_running_statistics_alone():
@@ -180,3 +187,21 @@ def test_distribution_alignment_pulls_pseudo_labels_toward_the_labeled_prior():
     resumed = Leaf(net, 3, labeled_prior=torch.tensor([2.0, 1.0, 1.0]))
     resumed.load_running_state(leaf.running_state())
     assert torch.allclose(resumed.unlabeled_mean, leaf.unlabeled_mean)
+
+
+def test_ranking_below_threshold_trains_on_the_faces_the_thresholds_reject():
+    from leaf_fer.train.algorithms import Batch, Leaf
+
+    torch.manual_seed(0)
+    net = LeafNet(ModelConfig(backbone="resnet-xs"))
+    labeled = Batch(torch.rand(4, 1, 48, 48), torch.eye(8)[[0, 1, 2, 3]])
+    unlabeled = Batch(torch.rand(6, 1, 48, 48))
+    losses = {}
+    for below in (False, True):
+        torch.manual_seed(1)
+        leaf = Leaf(net, 8, autocast=False, rank_below_threshold=below)
+        leaf.thresholds.fill_(1.0)
+        result = leaf.train_step(labeled, unlabeled)
+        assert result.logs["mask"] == 0.0
+        losses[below] = result.logs["loss_u"]
+    assert losses[False] == 0.0 and losses[True] > 0.0

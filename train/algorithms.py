@@ -144,7 +144,14 @@ class Leaf(Algorithm):
 
     ``labeled_prior`` (the labeled targets' class distribution) turns on distribution alignment (ReMixMatch, not part
     of the published LEAF): pseudo-label distributions are multiplied by the prior over the running mean of the
-    unlabeled predictions and renormalised, so that the frequent classes do not take over the pseudo-labels."""
+    unlabeled predictions and renormalised, so that the frequent classes do not take over the pseudo-labels.
+
+    ``rank_below_threshold`` (not part of the published recipe) also gives the unlabeled faces below the thresholds
+    their ambiguous pseudo-label and ranking loss, added to ``loss_u`` and scaled by their share of the batch, without
+    the rescale to cross-entropy magnitude: the margin weight alone keeps faces the network cannot yet tell apart (all
+    of them early on) from pulling it toward its own guesses. The confident faces are mostly ones the network already
+    gets right, while the classes left out of a low-confidence face's positive set are still rarely its true class
+    (benchmarks/pseudo_labels.py)."""
 
     name = "leaf"
     uses_unlabeled = True
@@ -153,9 +160,10 @@ class Leaf(Algorithm):
     def __init__(self, net: LeafNet, num_classes: int, autocast: bool = True, confidence_ceiling: float = 1.0,
                  category_level: bool = True, weight_x: float = LEAF_LABELED_WEIGHT, weight_u: float = 1.0,
                  weight_s: float = LEAF_CONTRASTIVE_WEIGHT, temperature: float = LEAF_CONTRASTIVE_TEMPERATURE,
-                 labeled_prior: torch.Tensor | None = None) -> None:
+                 labeled_prior: torch.Tensor | None = None, rank_below_threshold: bool = False) -> None:
         super().__init__(net, num_classes, autocast, confidence_ceiling)
         self.category_level = category_level
+        self.rank_below_threshold = rank_below_threshold
         self.labeled_prior = None if labeled_prior is None else labeled_prior.float() / labeled_prior.sum()
         self.unlabeled_mean = None if labeled_prior is None else self.labeled_prior.clone()
         self.temperature = temperature
@@ -176,12 +184,16 @@ class Leaf(Algorithm):
             probs = self.align(probs)
         confidence, pseudo = probs.max(dim=-1)
         confident = confidence >= self.thresholds.to(probs.device)[pseudo]
+        cumulative = self.positive_mass * self.confidence_ceiling
         if self.category_level:
-            loss_u = category_level_loss(logits_s, probs, confident, cumulative=self.positive_mass * self.confidence_ceiling)
+            loss_u = category_level_loss(logits_s, probs, confident, cumulative=cumulative)
         else:
             loss_u = F.cross_entropy(logits_s[confident].float(), pseudo[confident]) if confident.any() else logits_s.sum() * 0
         loss_u = loss_u * confident.float().mean()
         uncertain = ~confident
+        if self.rank_below_threshold:
+            loss_a = category_level_loss(logits_s, probs, uncertain, cumulative=cumulative, rescale=False)
+            loss_u = loss_u + loss_a * uncertain.float().mean()
         loss_s = (contrastive_loss(emb_w1[uncertain].float(), emb_w2[uncertain].float(), self.temperature)
                   if self.weight_s else emb_w1.sum() * 0.0)
         loss = self.weight_x * loss_x + self.weight_u * loss_u + self.weight_s * loss_s

@@ -31,6 +31,7 @@ OPTION_HELP = {
     "labeled_weight": f"weight of the labeled loss against 1 for the pseudo-label loss (LEAF; default {LEAF_LABELED_WEIGHT:g}, published 0.5)",
     "agreement_thresholds": "scale confidence thresholds by the labeled targets' mean top vote share (default on)",
     "distribution_alignment": "align LEAF's pseudo-labels to the labeled class prior (ReMixMatch; default off)",
+    "rank_below_threshold": "LEAF's ranking loss also on unlabeled faces below the thresholds (default off)",
     "iterations_per_epoch": "steps per epoch (0: one pass over the labeled faces)",
     "device": "auto, cpu or cuda",
     "output": "run folder: checkpoint, log, curves, confusion matrix, model.safetensors",

@@ -34,15 +34,17 @@ def ranking_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
 
 
 def category_level_loss(strong_logits: torch.Tensor, probs: torch.Tensor, confident: torch.Tensor,
-                        cumulative: float = 0.9) -> torch.Tensor:
-    """LEAF's category-level loss on confident unlabeled rows, weighted by the positive set's margin and rescaled
-    to the magnitude of hard-label cross-entropy on the same rows."""
+                        cumulative: float = 0.9, rescale: bool = True) -> torch.Tensor:
+    """LEAF's category-level loss on the chosen (confident) unlabeled rows, weighted by the positive set's margin and,
+    with ``rescale``, rescaled to the magnitude of hard-label cross-entropy on the same rows."""
     if not confident.any():
         return strong_logits.sum() * 0.0
     logits, p = strong_logits[confident], probs[confident]
     positive = ambiguous_positive_mask(p, cumulative)
     weights = (torch.where(positive, p, 1.0).amin(dim=-1) - torch.where(positive, 0.0, p).amax(dim=-1)).clamp(0.0, 1.0)
     per_row = ranking_loss(logits, positive) * weights
+    if not rescale:
+        return per_row.mean()
     hard_ce = F.cross_entropy(logits.float(), p.argmax(dim=-1))
     scale = (hard_ce.detach() / per_row.mean().detach().clamp_min(1e-6)).clamp(max=10.0)
     return per_row.mean() * scale

@@ -49,6 +49,7 @@ class TrainConfig:
     labeled_weight: float = LEAF_LABELED_WEIGHT
     agreement_thresholds: bool = True
     distribution_alignment: bool = False
+    rank_below_threshold: bool = False
     epochs: int = 30
     iterations_per_epoch: int = 0
     batch_size: int = 128
@@ -379,7 +380,7 @@ def _make_algorithm(config: TrainConfig, net: LeafNet, labeled_targets: torch.Te
         return cls(net, num_classes, confidence_ceiling=ceiling, category_level=config.category_level,
                    weight_x=config.labeled_weight, weight_s=config.contrastive_weight,
                    temperature=config.contrastive_temperature,
-                   labeled_prior=labeled_prior)
+                   labeled_prior=labeled_prior, rank_below_threshold=config.rank_below_threshold)
     return cls(net, num_classes, confidence_ceiling=ceiling)
 
 
