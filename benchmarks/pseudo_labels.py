@@ -66,7 +66,7 @@ def analyse_run(run: Path) -> dict:
         "validation_accuracy": metadata.metrics.get("validation", {}).get("accuracy"),
         "unlabeled_faces": int(rows.sum()), "accuracy": float(right.mean()), "pass_rate": float(passes.mean()),
         "precision": float(right[passes].mean()) if passes.any() else None,
-        "accuracy_below_thresholds": float(right[~passes].mean()) if (~passes).any() else None,
+        "accuracy_below_thresholds": float(right[below].mean()) if below.any() else None,
         "errors_passing": float(passes[~right].mean()) if (~right).any() else None,
         "positive_set_size_below": float(positive[below].sum(1).mean()) if below.any() else None,
         "true_class_in_positive_set_below": float(covered[below].mean()) if below.any() else None,

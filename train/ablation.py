@@ -222,12 +222,14 @@ def paired_difference(runs: list[dict[str, Any]], variant: str,
     reads a run's accuracy (default: at the best epoch); runs it gives None are left out."""
     if variant == BASELINE:
         return None
-    baseline = {r["seed"]: score(r) for r in runs if r["variant"] == BASELINE and score(r) is not None}
-    paired = [r for r in runs if r["variant"] == variant and r["seed"] in baseline and score(r) is not None]
+    scored = [(r, score(r)) for r in runs if r["variant"] in (BASELINE, variant)]
+    baseline = {r["seed"]: value for r, value in scored if r["variant"] == BASELINE and value is not None}
+    paired = [(r["seed"], value) for r, value in scored
+              if r["variant"] == variant and r["seed"] in baseline and value is not None]
     if not paired:
         return None
-    deltas = [100 * (score(r) - baseline[r["seed"]]) for r in paired]
-    return {"per_seed": deltas, "seeds": [r["seed"] for r in paired], "mean": float(np.mean(deltas)),
+    deltas = [100 * (value - baseline[seed]) for seed, value in paired]
+    return {"per_seed": deltas, "seeds": [seed for seed, _ in paired], "mean": float(np.mean(deltas)),
             "std": float(np.std(deltas)), "ahead": sum(d > 0 for d in deltas), "n": len(deltas)}
 
 
