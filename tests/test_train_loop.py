@@ -275,3 +275,52 @@ def test_paired_difference_over_the_last_epochs_ignores_the_best_epoch():
                             "budget": {"backbone": "resnet-xs", "epochs": 15, "iterations_per_epoch": 10,
                                        "batch_size": 32, "unlabeled_batch_size": 32}})
     assert f"{late['per_seed'][0]:+.2f})" in table and "-10.00)" in table
+
+
+def test_leaf_variants_are_also_paired_with_fixmatch_seed_by_seed():
+    from leaf_fer.train.ablation import LAST_EPOCHS, SSL_LATE_PAIRED_KEY, SSL_PAIRED_KEY, markdown_table, summarise
+
+    def run(variant, seed, best, late):
+        return {"variant": variant, "seed": seed, "accuracy": best, "macro_f1": 0.5,
+                "history": [{"epoch": e + 1, "val_accuracy": late, "mask": None} for e in range(LAST_EPOCHS)]}
+
+    runs = [run("supervised", 0, 0.80, 0.79), run("fixmatch", 0, 0.82, 0.81), run("fixmatch", 1, 0.83, 0.80),
+            run("leaf + ranking below threshold", 0, 0.83, 0.815), run("leaf + ranking below threshold", 1, 0.82, 0.82),
+            run("leaf", 2, 0.84, 0.83), run("supervised on all labels", 0, 0.87, 0.86)]
+    summary = summarise(runs)
+    ranked = summary["leaf + ranking below threshold"]
+    assert ranked[SSL_PAIRED_KEY]["per_seed"] == pytest.approx([1.0, -1.0])
+    assert ranked[SSL_PAIRED_KEY]["ahead"] == 1
+    assert ranked[SSL_LATE_PAIRED_KEY]["per_seed"] == pytest.approx([0.5, 2.0])
+    assert SSL_PAIRED_KEY not in summary["leaf"], "leaf has no fixmatch run on its seed"
+    assert all(SSL_PAIRED_KEY not in summary[v] for v in ("supervised", "fixmatch", "supervised on all labels"))
+    table = markdown_table({"label_fraction": 0.1, "seeds": [0, 1, 2], "summary": summary,
+                            "budget": {"backbone": "resnet-xs", "epochs": 10, "iterations_per_epoch": 10,
+                                       "batch_size": 32, "unlabeled_batch_size": 32}})
+    assert "| leaf + ranking below threshold | +0.00 ± 1.00 (ahead on 1 of 2 seeds: +1.00, -1.00) | " in table
+    assert "+1.25 ± 0.75 (ahead on 2 of 2 seeds: +0.50, +2.00) |" in table
+
+
+def test_report_only_rewrites_a_results_json_without_training(tmp_path):
+    from leaf_fer.train.ablation import LAST_EPOCHS, budget_of
+    from leaf_fer.train.trainer import TrainConfig
+
+    config = tmp_path / "protocol.yaml"
+    config.write_text("data: absent.npz\nlabel_fraction: 0.1\nepochs: 12\niterations_per_epoch: 5\n")
+    base = TrainConfig.from_dict({"data": "absent.npz", "label_fraction": 0.1, "epochs": 12, "iterations_per_epoch": 5})
+    history = [{"epoch": e + 1, "val_accuracy": 0.8, "mask": 0.5} for e in range(LAST_EPOCHS)]
+    runs = [{"variant": variant, "seed": 0, "accuracy": accuracy, "macro_f1": 0.5, "history": history}
+            for variant, accuracy in (("supervised", 0.80), ("fixmatch", 0.81), ("leaf", 0.83))]
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"label_fraction": 0.1, "budget": budget_of(base), "runs": runs, "summary": {}}))
+    command = [sys.executable, "-m", "leaf_fer", "ablate", "--config", str(config), "--report-only",
+               "--output", str(tmp_path / "report")]
+    result = subprocess.run(command + ["--merge", str(earlier)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert report["summary"]["leaf"]["vs_fixmatch"]["per_seed"] == pytest.approx([2.0])
+    assert "LEAF against fixmatch" in (tmp_path / "report" / "results.md").read_text()
+    assert (tmp_path / "report" / "results.png").is_file() and (tmp_path / "report" / "learning.png").is_file()
+    assert not list(tmp_path.glob("report/*_seed*")), "a run was trained"
+    nothing = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert nothing.returncode == 2 and "--merge" in nothing.stderr and len(nothing.stderr.strip().splitlines()) == 1

@@ -38,6 +38,10 @@ BASELINE = "supervised"
 PAIRED_KEY = f"vs_{BASELINE}"
 LAST_EPOCHS = 10
 LATE_PAIRED_KEY = f"last_{LAST_EPOCHS}_epochs_vs_{BASELINE}"
+# The semi-supervised baseline every LEAF variant is also paired with, seed by seed.
+SSL_BASELINE = "fixmatch"
+SSL_PAIRED_KEY = f"vs_{SSL_BASELINE}"
+SSL_LATE_PAIRED_KEY = f"last_{LAST_EPOCHS}_epochs_vs_{SSL_BASELINE}"
 RUN_KEYS = ("variant", "seed", "accuracy", "macro_f1")
 RUN_SPECIFIC = {"seed", *PLACEMENT_OPTIONS} | {key for overrides in VARIANTS.values() for key in overrides}
 
@@ -152,6 +156,16 @@ def load_merged_runs(paths: list[Path] | tuple[Path, ...], base: TrainConfig) ->
     return merged
 
 
+def rewrite_report(base: TrainConfig, merge: list[Path] | tuple[Path, ...], output: Path) -> dict[str, Any]:
+    """The report of earlier runs only, nothing trained: joins results.json files of one protocol, or rewrites one
+    in this version's tables and plots."""
+    merged = load_merged_runs(merge, base)
+    if not merged:
+        raise ValueError("nothing to report: give the results.json to rewrite with --merge")
+    output.mkdir(parents=True, exist_ok=True)
+    return write_report(base, combine_runs([], merged), output)
+
+
 def report_reproduction(run: dict[str, Any], merged: list[dict[str, Any]]) -> None:
     """Say whether a run trained here reproduces the merged run of the same variant and seed (it replaces it): the
     protocol is seeded, so on the same machine and thread count it reproduces to the last digit."""
@@ -195,8 +209,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             summary[variant]["recall_mean"] = {cls: float(np.mean([100 * recall[cls] for recall in recalls]))
                                                for cls in recalls[0]}
             summary[variant]["recall_n"] = len(recalls)
-        for key, score in ((PAIRED_KEY, best_accuracy), (LATE_PAIRED_KEY, late_accuracy)):
-            paired = paired_difference(runs, variant, score)
+        comparisons = [(PAIRED_KEY, best_accuracy, BASELINE), (LATE_PAIRED_KEY, late_accuracy, BASELINE)]
+        if VARIANTS.get(variant, {}).get("method") == "leaf":
+            comparisons += [(SSL_PAIRED_KEY, best_accuracy, SSL_BASELINE),
+                            (SSL_LATE_PAIRED_KEY, late_accuracy, SSL_BASELINE)]
+        for key, score, baseline in comparisons:
+            paired = paired_difference(runs, variant, score, baseline)
             if paired:
                 summary[variant][key] = paired
     return summary
@@ -216,19 +234,20 @@ def late_accuracy(run: dict[str, Any]) -> float | None:
 
 
 def paired_difference(runs: list[dict[str, Any]], variant: str,
-                      score: Callable[[dict[str, Any]], float | None] = best_accuracy) -> dict[str, Any] | None:
-    """Accuracy points of ``variant`` minus the baseline trained on the same split (same seed), seed by seed: the
+                      score: Callable[[dict[str, Any]], float | None] = best_accuracy,
+                      baseline: str = BASELINE) -> dict[str, Any] | None:
+    """Accuracy points of ``variant`` minus ``baseline`` trained on the same split (same seed), seed by seed: the
     seeds' splits move every method together, so the paired difference is what tells a method's effect. ``score``
     reads a run's accuracy (default: at the best epoch); runs it gives None are left out."""
-    if variant == BASELINE:
+    if variant == baseline:
         return None
-    scored = [(r, score(r)) for r in runs if r["variant"] in (BASELINE, variant)]
-    baseline = {r["seed"]: value for r, value in scored if r["variant"] == BASELINE and value is not None}
+    scored = [(r, score(r)) for r in runs if r["variant"] in (baseline, variant)]
+    reference = {r["seed"]: value for r, value in scored if r["variant"] == baseline and value is not None}
     paired = [(r["seed"], value) for r, value in scored
-              if r["variant"] == variant and r["seed"] in baseline and value is not None]
+              if r["variant"] == variant and r["seed"] in reference and value is not None]
     if not paired:
         return None
-    deltas = [100 * (value - baseline[seed]) for seed, value in paired]
+    deltas = [100 * (value - reference[seed]) for seed, value in paired]
     return {"per_seed": deltas, "seeds": [seed for seed, _ in paired], "mean": float(np.mean(deltas)),
             "std": float(np.std(deltas)), "ahead": sum(d > 0 for d in deltas), "n": len(deltas)}
 
@@ -252,6 +271,13 @@ def markdown_table(report: dict[str, Any]) -> str:
         lines.append(f"| {variant} | {s['accuracy_mean']:.2f} ± {s['accuracy_std']:.2f} | "
                      f"{s['macro_f1_mean']:.2f} ± {s['macro_f1_std']:.2f} | {versus(s.get(PAIRED_KEY))} | "
                      f"{versus(s.get(LATE_PAIRED_KEY))} |")
+    against_ssl = {variant: s for variant, s in report["summary"].items() if SSL_PAIRED_KEY in s}
+    if against_ssl:
+        lines += ["", f"LEAF against {SSL_BASELINE}, same split (points):", "",
+                  f"| method | accuracy vs {SSL_BASELINE} | mean of the last {LAST_EPOCHS} epochs vs {SSL_BASELINE} |",
+                  "|---|---|---|"]
+        for variant, s in against_ssl.items():
+            lines.append(f"| {variant} | {versus(s[SSL_PAIRED_KEY])} | {versus(s.get(SSL_LATE_PAIRED_KEY))} |")
     with_recall = {variant: s for variant, s in report["summary"].items() if "recall_mean" in s}
     if with_recall:
         classes = list(next(iter(with_recall.values()))["recall_mean"])

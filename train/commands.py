@@ -64,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ablate_parser.add_argument("--merge", nargs="+", type=Path, default=[], metavar="RESULTS_JSON",
                                help="earlier results.json of the same protocol whose runs join the table "
                                     "(a run trained here replaces the same variant and seed)")
+    ablate_parser.add_argument("--report-only", action="store_true",
+                               help="train nothing: write the report of the --merge runs to --output")
     ablate_parser.add_argument("--no-progress", action="store_true")
     ablate_parser.set_defaults(func=run_ablate)
 
@@ -100,11 +102,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_ablate(args: argparse.Namespace) -> int:
-    from .ablation import run_ablation
+    from .ablation import rewrite_report, run_ablation
 
     values = yaml.safe_load(args.config.read_text()) if args.config else {}
     values = dict(values or {}, method="leaf")
     base = TrainConfig.from_dict(values)
+    if args.report_only:
+        rewrite_report(base, args.merge, args.output)
+        print(Path(args.output / "results.md").read_text())
+        return 0
     report = run_ablation(base, args.variants or DEFAULT_VARIANTS, args.seeds, args.output, progress=not args.no_progress,
                           jobs=args.jobs, merge=args.merge)
     print(Path(args.output / "results.md").read_text())
