@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from leaf_fer.train.trainer import TrainConfig, train
 from leaf_fer.train.weights import load_weights
@@ -305,9 +306,10 @@ def test_report_only_rewrites_a_results_json_without_training(tmp_path):
     from leaf_fer.train.ablation import LAST_EPOCHS, budget_of
     from leaf_fer.train.trainer import TrainConfig
 
+    protocol = {"data": "absent.npz", "label_fraction": 0.1, "epochs": 12, "iterations_per_epoch": 5}
     config = tmp_path / "protocol.yaml"
-    config.write_text("data: absent.npz\nlabel_fraction: 0.1\nepochs: 12\niterations_per_epoch: 5\n")
-    base = TrainConfig.from_dict({"data": "absent.npz", "label_fraction": 0.1, "epochs": 12, "iterations_per_epoch": 5})
+    config.write_text(yaml.safe_dump(protocol))
+    base = TrainConfig.from_dict(protocol)
     history = [{"epoch": e + 1, "val_accuracy": 0.8, "mask": 0.5} for e in range(LAST_EPOCHS)]
     runs = [{"variant": variant, "seed": 0, "accuracy": accuracy, "macro_f1": 0.5, "history": history}
             for variant, accuracy in (("supervised", 0.80), ("fixmatch", 0.81), ("leaf", 0.83))]

@@ -162,7 +162,6 @@ def rewrite_report(base: TrainConfig, merge: list[Path] | tuple[Path, ...], outp
     merged = load_merged_runs(merge, base)
     if not merged:
         raise ValueError("nothing to report: give the results.json to rewrite with --merge")
-    output.mkdir(parents=True, exist_ok=True)
     return write_report(base, combine_runs([], merged), output)
 
 

@@ -108,11 +108,10 @@ def run_ablate(args: argparse.Namespace) -> int:
     values = dict(values or {}, method="leaf")
     base = TrainConfig.from_dict(values)
     if args.report_only:
-        rewrite_report(base, args.merge, args.output)
-        print(Path(args.output / "results.md").read_text())
-        return 0
-    report = run_ablation(base, args.variants or DEFAULT_VARIANTS, args.seeds, args.output, progress=not args.no_progress,
-                          jobs=args.jobs, merge=args.merge)
+        report = rewrite_report(base, args.merge, args.output)
+    else:
+        report = run_ablation(base, args.variants or DEFAULT_VARIANTS, args.seeds, args.output,
+                              progress=not args.no_progress, jobs=args.jobs, merge=args.merge)
     print(Path(args.output / "results.md").read_text())
     return 0 if report["runs"] else 1
 
