@@ -326,3 +326,46 @@ def test_report_only_rewrites_a_results_json_without_training(tmp_path):
     assert not list(tmp_path.glob("report/*_seed*")), "a run was trained"
     nothing = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert nothing.returncode == 2 and "--merge" in nothing.stderr and len(nothing.stderr.strip().splitlines()) == 1
+
+
+def test_ssl_budget_report_gives_intervals_and_the_change_between_budgets(tmp_path):
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "ssl_budget.py"
+    spec = importlib.util.spec_from_file_location("ssl_budget", script)
+    ssl_budget = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ssl_budget)
+    for df, value in ((1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042)):
+        assert ssl_budget.t_critical(df) == pytest.approx(value, abs=2e-3)
+    assert ssl_budget.mean_interval([1.0]) is None
+
+    def report(epochs, leads):
+        runs = []
+        for seed, lead in enumerate(leads):
+            for variant, accuracy in (("supervised", 0.80), ("fixmatch", 0.80), ("leaf", 0.80 + lead / 100)):
+                history = [{"epoch": e + 1, "val_accuracy": accuracy - (0.01 if e == 0 else 0.0)} for e in range(4)]
+                runs.append({"variant": variant, "seed": seed, "accuracy": accuracy, "history": history})
+        path = tmp_path / f"results_{epochs}.json"
+        path.write_text(json.dumps({"label_fraction": 0.1, "runs": runs,
+                                    "budget": {"epochs": epochs, "iterations_per_epoch": 10}}))
+        return path
+
+    later, earlier = report(20, [2.0, 4.0, 6.0]), report(10, [1.0, 2.0, 3.0])
+    result = subprocess.run([sys.executable, str(script), str(later), str(earlier), "--output", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "out" / "budget.md").read_text()
+    assert "| 100 | 3 | 80.00 | leaf | 82.00 | +2.00 (+1.00, +2.00, +3.00) | ± 2.48 |" in table
+    rows = json.loads((tmp_path / "out" / "budget.json").read_text())["head_to_head"]
+    assert [(r["steps"], r["method"], r["rival"]) for r in rows] == [(100, "leaf", "fixmatch"), (200, "leaf", "fixmatch")]
+    welch_df = (1 / 3 + 4 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2)
+    assert rows[1]["change"] == pytest.approx(2.0)
+    assert rows[1]["change_interval_95"] == pytest.approx(ssl_budget.t_critical(welch_df) * (5 / 3) ** 0.5, rel=1e-6)
+    assert rows[0]["change"] is None and "+2.00 ± " in table and "(from 100)" in table
+    gaps = ssl_budget.training_gap_rows([earlier], window_steps=20)
+    assert [(r["method"], r["rival"]) for r in gaps] == [("leaf", "supervised"), ("fixmatch", "supervised")]
+    assert [w["until_step"] for w in gaps[0]["windows"]] == [20, 40]
+    assert [w["mean"] for w in gaps[0]["windows"]] == pytest.approx([2.0, 2.0])
+    assert [w["seed_spread"] for w in gaps[0]["windows"]] == pytest.approx([1.0, 1.0])
+    assert gaps[1]["mean_curve"] == pytest.approx([0.0] * 4)
+    assert (tmp_path / "out" / "training_gaps.png").stat().st_size > 0
