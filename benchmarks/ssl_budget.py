@@ -68,12 +68,16 @@ def steps_of(report: dict) -> int:
     return report["budget"]["epochs"] * report["budget"]["iterations_per_epoch"]
 
 
-def budget_rows(paths: list[Path]) -> list[dict]:
+def load_reports(paths: list[Path]) -> list[tuple[Path, dict]]:
+    """The ablation reports with their paths, shortest budget first."""
+    return sorted(((path, json.loads(path.read_text())) for path in paths), key=lambda item: steps_of(item[1]))
+
+
+def budget_rows(reports: list[tuple[Path, dict]]) -> list[dict]:
     """One row per (budget, method): steps, both mean accuracies on the seeds both have, and the method's paired
     difference with the baseline (``paired_difference``, per seed)."""
     rows = []
-    for path in paths:
-        report = json.loads(path.read_text())
+    for path, report in reports:
         accuracy = {(run["variant"], run["seed"]): 100 * run["accuracy"] for run in report["runs"]}
         for method in METHODS:
             paired = paired_difference(report["runs"], method)
@@ -88,13 +92,12 @@ def budget_rows(paths: list[Path]) -> list[dict]:
     return rows
 
 
-def head_to_head_rows(paths: list[Path]) -> list[dict]:
+def head_to_head_rows(reports: list[tuple[Path, dict]]) -> list[dict]:
     """One row per (budget, method, rival) of ``HEAD_TO_HEAD``: the paired difference seed by seed, its 95% interval,
     and the change of the mean from the previous budget that has the pair, with Welch's 95% interval."""
     rows = []
     previous: dict[tuple[str, str], dict] = {}
-    reports = sorted((json.loads(path.read_text()) for path in paths), key=steps_of)
-    for report in reports:
+    for _, report in reports:
         steps = steps_of(report)
         for method, rival in HEAD_TO_HEAD:
             paired = paired_difference(report["runs"], method, baseline=rival)
@@ -122,11 +125,11 @@ def paired_curves(runs: list[dict], method: str, rival: str) -> tuple[list[int],
     return seeds, 100 * (np.array([curves[method, s] for s in seeds]) - np.array([curves[rival, s] for s in seeds]))
 
 
-def training_gap_rows(paths: list[Path], window_steps: int = GAP_WINDOW_STEPS) -> list[dict]:
+def training_gap_rows(reports: list[tuple[Path, dict]], window_steps: int = GAP_WINDOW_STEPS) -> list[dict]:
     """Per budget and pair of ``TRAINING_GAPS``: the paired per-epoch difference averaged over each stretch of
     ``window_steps`` steps, then its mean and standard deviation over the seeds, and the per-epoch mean curve."""
     rows = []
-    for report in sorted((json.loads(path.read_text()) for path in paths), key=steps_of):
+    for _, report in reports:
         per_epoch = report["budget"]["iterations_per_epoch"]
         window = max(1, round(window_steps / per_epoch))
         for method, rival in TRAINING_GAPS:
@@ -269,7 +272,8 @@ def main() -> None:
     missing = [str(p) for p in args.reports if not p.is_file()]
     if missing:
         raise SystemExit(f"ablation report(s) not found: {', '.join(missing)}")
-    rows, head_to_head, gaps = budget_rows(args.reports), head_to_head_rows(args.reports), training_gap_rows(args.reports)
+    reports = load_reports(args.reports)
+    rows, head_to_head, gaps = budget_rows(reports), head_to_head_rows(reports), training_gap_rows(reports)
     args.output.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.output / "budget.json", json.dumps(
         {"vs_baseline": rows, "head_to_head": head_to_head, "training_gaps": gaps}, indent=2).encode())

@@ -362,7 +362,7 @@ def test_ssl_budget_report_gives_intervals_and_the_change_between_budgets(tmp_pa
     assert rows[1]["change"] == pytest.approx(2.0)
     assert rows[1]["change_interval_95"] == pytest.approx(ssl_budget.t_critical(welch_df) * (5 / 3) ** 0.5, rel=1e-6)
     assert rows[0]["change"] is None and "+2.00 ± " in table and "(from 100)" in table
-    gaps = ssl_budget.training_gap_rows([earlier], window_steps=20)
+    gaps = ssl_budget.training_gap_rows(ssl_budget.load_reports([earlier]), window_steps=20)
     assert [(r["method"], r["rival"]) for r in gaps] == [("leaf", "supervised"), ("fixmatch", "supervised")]
     assert [w["until_step"] for w in gaps[0]["windows"]] == [20, 40]
     assert [w["mean"] for w in gaps[0]["windows"]] == pytest.approx([2.0, 2.0])
