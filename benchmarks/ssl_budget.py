@@ -186,12 +186,13 @@ def markdown(rows: list[dict], head_to_head: list[dict], gaps: list[dict]) -> st
                                                   f"(from {r['change_from']:,})")
         lines.append(f"| {r['steps']:,} | {r['method']} | {r['rival']} | {len(r['seeds'])} | {r['difference']:+.2f} "
                      f"({seeds}; ahead on {r['ahead']}) | {plus_minus(r['interval_95'])} | {change} |")
-    stretches = max((len(r["windows"]) for r in gaps), default=0)
-    starts = [i * GAP_WINDOW_STEPS for i in range(stretches)]
+    longest = max(gaps, key=lambda r: len(r["windows"]), default={"windows": []})
+    bounds = [0] + [w["until_step"] for w in longest["windows"]]
+    stretches = len(bounds) - 1
     lines += ["", f"Along training: method minus rival in validation accuracy per epoch, averaged over each stretch of "
               f"{GAP_WINDOW_STEPS:,} steps, mean ± standard deviation over the seeds (a spread as large as the mean: "
               "the seeds disagree).", "",
-              "| steps | method | rival | seeds | " + " | ".join(f"steps {a + 1:,}-{a + GAP_WINDOW_STEPS:,}" for a in starts)
+              "| steps | method | rival | seeds | " + " | ".join(f"steps {a + 1:,}-{b:,}" for a, b in zip(bounds, bounds[1:]))
               + " |", "|---|---|---|---|" + "---|" * stretches]
     for r in gaps:
         cells = [f"{w['mean']:+.2f} ± {w['seed_spread']:.2f}" for w in r["windows"]]
