@@ -4,10 +4,10 @@ Reads the `leaf-fer ablate` reports of one protocol at several budgets (default:
 budget, tabulates and plots each method's accuracy minus supervised-only's on the same split, seed by seed, with a 95%
 Student-t interval of the mean over the seeds. The oracle (`supervised on all labels`) bounds what the unlabeled faces
 could add at that budget. A second table pits methods head to head (LEAF + ranking below threshold against LEAF and
-FixMatch, LEAF against FixMatch) and asks whether each head-to-head difference changed from the previous budget
-(Welch interval). A third table and training_gaps.png follow the paired differences along training (validation
-accuracy per epoch, mean and spread over the seeds per stretch of steps): when a lead appears, and whether the seeds
-agree on it. Writes reports/ssl_budget/{budget.md,budget.json,budget.png,training_gaps.png}.
+FixMatch, LEAF against FixMatch, LEAF against each of its level ablations: what that level adds) and asks whether
+each head-to-head difference changed from the previous budget (Welch interval). A third table and training_gaps.png
+follow the paired differences along training (validation accuracy per epoch, mean and spread over the seeds per
+stretch of steps): when a lead appears, and whether the seeds agree on it. Writes reports/ssl_budget/{budget.md,budget.json,budget.png,training_gaps.png}.
 
     python benchmarks/ssl_budget.py
 """
@@ -29,7 +29,8 @@ DEFAULT_REPORTS = [Path("reports/ablation/results.json"), Path("reports/ablation
                    Path("reports/ablation_4500/results.json"), Path("reports/ablation_9000/results.json")]
 METHODS = ["supervised on all labels", "leaf", "leaf + ranking below threshold", "leaf + alignment", "fixmatch"]
 HEAD_TO_HEAD = [("leaf + ranking below threshold", "leaf"), ("leaf + ranking below threshold", "fixmatch"),
-                ("leaf", "fixmatch")]
+                ("leaf", "fixmatch"), ("leaf", "leaf w/o semantic"), ("leaf", "leaf w/o instance"),
+                ("leaf", "leaf w/o category"), ("leaf + ranking below threshold", "leaf w/o category")]
 TRAINING_GAPS = [("leaf + ranking below threshold", "leaf"), ("leaf", BASELINE),
                  ("leaf + ranking below threshold", BASELINE), ("fixmatch", BASELINE)]
 GAP_WINDOW_STEPS = 1500

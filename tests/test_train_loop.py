@@ -278,16 +278,29 @@ def test_paired_difference_over_the_last_epochs_ignores_the_best_epoch():
     assert f"{late['per_seed'][0]:+.2f})" in table and "-10.00)" in table
 
 
+def flat_run(variant, seed, best, late):
+    """An ablation run: accuracy ``best`` at the best epoch, ``late`` on every one of the last epochs."""
+    from leaf_fer.train.ablation import LAST_EPOCHS
+
+    return {"variant": variant, "seed": seed, "accuracy": best, "macro_f1": 0.5,
+            "history": [{"epoch": e + 1, "val_accuracy": late, "mask": None} for e in range(LAST_EPOCHS)]}
+
+
+def ablation_table(summary):
+    from leaf_fer.train.ablation import markdown_table
+
+    return markdown_table({"label_fraction": 0.1, "seeds": [0, 1, 2], "summary": summary,
+                           "budget": {"backbone": "resnet-xs", "epochs": 10, "iterations_per_epoch": 10,
+                                      "batch_size": 32, "unlabeled_batch_size": 32}})
+
+
 def test_leaf_variants_are_also_paired_with_fixmatch_seed_by_seed():
-    from leaf_fer.train.ablation import LAST_EPOCHS, SSL_LATE_PAIRED_KEY, SSL_PAIRED_KEY, markdown_table, summarise
+    from leaf_fer.train.ablation import SSL_LATE_PAIRED_KEY, SSL_PAIRED_KEY, summarise
 
-    def run(variant, seed, best, late):
-        return {"variant": variant, "seed": seed, "accuracy": best, "macro_f1": 0.5,
-                "history": [{"epoch": e + 1, "val_accuracy": late, "mask": None} for e in range(LAST_EPOCHS)]}
-
-    runs = [run("supervised", 0, 0.80, 0.79), run("fixmatch", 0, 0.82, 0.81), run("fixmatch", 1, 0.83, 0.80),
-            run("leaf + ranking below threshold", 0, 0.83, 0.815), run("leaf + ranking below threshold", 1, 0.82, 0.82),
-            run("leaf", 2, 0.84, 0.83), run("supervised on all labels", 0, 0.87, 0.86)]
+    runs = [flat_run("supervised", 0, 0.80, 0.79), flat_run("fixmatch", 0, 0.82, 0.81),
+            flat_run("fixmatch", 1, 0.83, 0.80), flat_run("leaf + ranking below threshold", 0, 0.83, 0.815),
+            flat_run("leaf + ranking below threshold", 1, 0.82, 0.82), flat_run("leaf", 2, 0.84, 0.83),
+            flat_run("supervised on all labels", 0, 0.87, 0.86)]
     summary = summarise(runs)
     ranked = summary["leaf + ranking below threshold"]
     assert ranked[SSL_PAIRED_KEY]["per_seed"] == pytest.approx([1.0, -1.0])
@@ -295,11 +308,26 @@ def test_leaf_variants_are_also_paired_with_fixmatch_seed_by_seed():
     assert ranked[SSL_LATE_PAIRED_KEY]["per_seed"] == pytest.approx([0.5, 2.0])
     assert SSL_PAIRED_KEY not in summary["leaf"], "leaf has no fixmatch run on its seed"
     assert all(SSL_PAIRED_KEY not in summary[v] for v in ("supervised", "fixmatch", "supervised on all labels"))
-    table = markdown_table({"label_fraction": 0.1, "seeds": [0, 1, 2], "summary": summary,
-                            "budget": {"backbone": "resnet-xs", "epochs": 10, "iterations_per_epoch": 10,
-                                       "batch_size": 32, "unlabeled_batch_size": 32}})
+    table = ablation_table(summary)
     assert "| leaf + ranking below threshold | +0.00 ± 1.00 (ahead on 1 of 2 seeds: +1.00, -1.00) | " in table
     assert "+1.25 ± 0.75 (ahead on 2 of 2 seeds: +0.50, +2.00) |" in table
+
+
+def test_each_level_is_measured_as_leaf_minus_the_variant_without_it():
+    from leaf_fer.train.ablation import LEVEL_KEY, LEVEL_LATE_KEY, summarise
+
+    runs = [flat_run("leaf", 0, 0.84, 0.83), flat_run("leaf", 1, 0.82, 0.81),
+            flat_run("leaf w/o category", 0, 0.83, 0.80), flat_run("leaf w/o category", 1, 0.83, 0.82),
+            flat_run("leaf w/o semantic", 2, 0.80, 0.80), flat_run("leaf + ranking below threshold", 0, 0.85, 0.85)]
+    summary = summarise(runs)
+    assert summary["leaf w/o category"][LEVEL_KEY]["per_seed"] == pytest.approx([1.0, -1.0])
+    assert summary["leaf w/o category"][LEVEL_LATE_KEY]["per_seed"] == pytest.approx([3.0, -1.0])
+    assert LEVEL_KEY not in summary["leaf w/o semantic"], "no leaf run on its seed"
+    assert all(LEVEL_KEY not in summary[v] for v in ("leaf", "leaf + ranking below threshold"))
+    table = ablation_table(summary)
+    assert ("| leaf w/o category | +0.00 ± 1.00 (ahead on 1 of 2 seeds: +1.00, -1.00) | "
+            "+1.00 ± 2.00 (ahead on 1 of 2 seeds: +3.00, -1.00) |") in table
+    assert "| leaf w/o semantic |" not in table.split("What each level adds")[1]
 
 
 def test_report_only_rewrites_a_results_json_without_training(tmp_path):

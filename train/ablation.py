@@ -42,6 +42,11 @@ LATE_PAIRED_KEY = f"last_{LAST_EPOCHS}_epochs_vs_{BASELINE}"
 SSL_BASELINE = "fixmatch"
 SSL_PAIRED_KEY = f"vs_{SSL_BASELINE}"
 SSL_LATE_PAIRED_KEY = f"last_{LAST_EPOCHS}_epochs_vs_{SSL_BASELINE}"
+# What a LEAF level adds: the published recipe minus the variant that switches the level off, seed by seed.
+PUBLISHED_RECIPE = "leaf"
+LEVEL_SWITCHES = ("semantic_level", "instance_level", "category_level")
+LEVEL_KEY = "level_adds"
+LEVEL_LATE_KEY = f"level_adds_last_{LAST_EPOCHS}_epochs"
 RUN_KEYS = ("variant", "seed", "accuracy", "macro_f1")
 RUN_SPECIFIC = {"seed", *PLACEMENT_OPTIONS} | {key for overrides in VARIANTS.values() for key in overrides}
 
@@ -216,7 +221,18 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             paired = paired_difference(runs, variant, score, baseline)
             if paired:
                 summary[variant][key] = paired
+        if switches_off_a_level(variant):
+            for key, score in ((LEVEL_KEY, best_accuracy), (LEVEL_LATE_KEY, late_accuracy)):
+                paired = paired_difference(runs, PUBLISHED_RECIPE, score, baseline=variant)
+                if paired:
+                    summary[variant][key] = paired
     return summary
+
+
+def switches_off_a_level(variant: str) -> bool:
+    """True for the ablations of the published recipe that switch one of LEAF's three levels off."""
+    overrides = VARIANTS.get(variant, {})
+    return overrides.get("method") == "leaf" and any(overrides.get(level) is False for level in LEVEL_SWITCHES)
 
 
 def best_accuracy(run: dict[str, Any]) -> float | None:
@@ -277,6 +293,13 @@ def markdown_table(report: dict[str, Any]) -> str:
                   "|---|---|---|"]
         for variant, s in against_ssl.items():
             lines.append(f"| {variant} | {versus(s[SSL_PAIRED_KEY])} | {versus(s.get(SSL_LATE_PAIRED_KEY))} |")
+    ablated = {variant: s for variant, s in report["summary"].items() if LEVEL_KEY in s}
+    if ablated:
+        lines += ["", "What each level adds: leaf minus the variant without it, same split (points):", "",
+                  f"| variant | leaf minus it | mean of the last {LAST_EPOCHS} epochs, leaf minus it |",
+                  "|---|---|---|"]
+        for variant, s in ablated.items():
+            lines.append(f"| {variant} | {versus(s[LEVEL_KEY])} | {versus(s.get(LEVEL_LATE_KEY))} |")
     with_recall = {variant: s for variant, s in report["summary"].items() if "recall_mean" in s}
     if with_recall:
         classes = list(next(iter(with_recall.values()))["recall_mean"])
