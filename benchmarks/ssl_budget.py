@@ -7,7 +7,8 @@ could add at that budget. A second table pits methods head to head (LEAF + ranki
 FixMatch, LEAF against FixMatch, LEAF against each of its level ablations: what that level adds) and asks whether
 each head-to-head difference changed from the previous budget (Welch interval). A third table and training_gaps.png
 follow the paired differences along training (validation accuracy per epoch, mean and spread over the seeds per
-stretch of steps): when a lead appears, and whether the seeds agree on it. Writes reports/ssl_budget/{budget.md,budget.json,budget.png,training_gaps.png}.
+stretch of steps): when a lead appears, and whether the seeds agree on it. Writes
+reports/ssl_budget/{budget.md,budget.json,budget.png,training_gaps.png}.
 
     python benchmarks/ssl_budget.py
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leaf_fer.train.ablation import BASELINE, paired_difference
+from leaf_fer.train.ablation import BASELINE, PUBLISHED_RECIPE, VARIANTS, paired_difference, switches_off_a_level
 from leaf_fer.train.metrics import save_figure
 from leaf_fer.train.weights import atomic_write_bytes
 
@@ -29,8 +30,8 @@ DEFAULT_REPORTS = [Path("reports/ablation/results.json"), Path("reports/ablation
                    Path("reports/ablation_4500/results.json"), Path("reports/ablation_9000/results.json")]
 METHODS = ["supervised on all labels", "leaf", "leaf + ranking below threshold", "leaf + alignment", "fixmatch"]
 HEAD_TO_HEAD = [("leaf + ranking below threshold", "leaf"), ("leaf + ranking below threshold", "fixmatch"),
-                ("leaf", "fixmatch"), ("leaf", "leaf w/o semantic"), ("leaf", "leaf w/o instance"),
-                ("leaf", "leaf w/o category"), ("leaf + ranking below threshold", "leaf w/o category")]
+                ("leaf", "fixmatch"), *((PUBLISHED_RECIPE, v) for v in VARIANTS if switches_off_a_level(v)),
+                ("leaf + ranking below threshold", "leaf w/o category")]
 TRAINING_GAPS = [("leaf + ranking below threshold", "leaf"), ("leaf", BASELINE),
                  ("leaf + ranking below threshold", BASELINE), ("fixmatch", BASELINE)]
 GAP_WINDOW_STEPS = 1500
