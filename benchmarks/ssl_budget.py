@@ -28,10 +28,13 @@ from leaf_fer.train.weights import atomic_write_bytes
 
 DEFAULT_REPORTS = [Path("reports/ablation/results.json"), Path("reports/ablation_long/results.json"),
                    Path("reports/ablation_4500/results.json"), Path("reports/ablation_9000/results.json")]
-METHODS = ["supervised on all labels", "leaf", "leaf + ranking below threshold", "leaf + alignment", "fixmatch"]
+COMBINED = "leaf w/o instance + ranking below threshold"
+METHODS = ["supervised on all labels", "leaf", "leaf + ranking below threshold", COMBINED, "leaf + alignment",
+           "fixmatch"]
 HEAD_TO_HEAD = [("leaf + ranking below threshold", "leaf"), ("leaf + ranking below threshold", "fixmatch"),
                 ("leaf", "fixmatch"), *((PUBLISHED_RECIPE, v) for v in VARIANTS if switches_off_a_level(v)),
-                ("leaf + ranking below threshold", "leaf w/o category")]
+                ("leaf + ranking below threshold", "leaf w/o category"), (COMBINED, "leaf + ranking below threshold"),
+                (COMBINED, "leaf w/o instance")]
 TRAINING_GAPS = [("leaf + ranking below threshold", "leaf"), ("leaf", BASELINE),
                  ("leaf + ranking below threshold", BASELINE), ("fixmatch", BASELINE)]
 GAP_WINDOW_STEPS = 1500

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
-from leaf_fer.train.trainer import TrainConfig, train
+from leaf_fer.train.trainer import TrainConfig, resolve_precision, train
 from leaf_fer.train.weights import load_weights
 
 
@@ -35,6 +36,7 @@ def test_semi_supervised_methods_train_and_save(train_npz, publictest_npz, tmp_p
     assert 0.0 <= result["best_accuracy"] <= 1.0
     net, metadata = load_weights(tmp_path / "model.safetensors")
     assert metadata.training["config"]["method"] == method
+    assert metadata.training["precision"] == resolve_precision("auto", torch.device("cpu"))
     assert metadata.training["labeled"] < metadata.training["unlabeled"]
     assert net.config.semantic_level == extra.get("semantic_level", True)
     assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "confusion.png").stat().st_size > 0
@@ -114,6 +116,7 @@ def test_ablation_harness_reports_every_run(train_npz, publictest_npz, tmp_path)
         ("supervised", 0), ("leaf w/o category", 0), ("supervised", 1), ("leaf w/o category", 1)]
     assert set(report["summary"]) == {"supervised", "leaf w/o category"}
     assert all(s["n"] == 2 for s in report["summary"].values())
+    assert {r["precision"] for r in report["runs"]} == {resolve_precision("auto", torch.device("cpu"))}
     _, metadata = load_weights(tmp_path / "ablation" / "leaf_wo_category_seed1" / "model.safetensors")
     assert metadata.training["config"]["category_level"] is False and metadata.training["config"]["seed"] == 1
     table = (tmp_path / "ablation" / "results.md").read_text()
@@ -272,7 +275,7 @@ def test_paired_difference_over_the_last_epochs_ignores_the_best_epoch():
     assert summary["leaf"]["vs_supervised"]["per_seed"] == pytest.approx([-10.0])
     late = summary["leaf"][LATE_PAIRED_KEY]
     assert late["seeds"] == [0] and late["per_seed"] == pytest.approx([100 * (0.80 - late_accuracy(runs[0]))])
-    table = markdown_table({"label_fraction": 0.1, "seeds": [0, 1, 2], "summary": summary,
+    table = markdown_table({"label_fraction": 0.1, "seeds": [0, 1, 2], "summary": summary, "runs": runs,
                             "budget": {"backbone": "resnet-xs", "epochs": 15, "iterations_per_epoch": 10,
                                        "batch_size": 32, "unlabeled_batch_size": 32}})
     assert f"{late['per_seed'][0]:+.2f})" in table and "-10.00)" in table
@@ -289,7 +292,7 @@ def flat_run(variant, seed, best, late):
 def ablation_table(summary):
     from leaf_fer.train.ablation import markdown_table
 
-    return markdown_table({"label_fraction": 0.1, "seeds": [0, 1, 2], "summary": summary,
+    return markdown_table({"label_fraction": 0.1, "seeds": [0, 1, 2], "summary": summary, "runs": [],
                            "budget": {"backbone": "resnet-xs", "epochs": 10, "iterations_per_epoch": 10,
                                       "batch_size": 32, "unlabeled_batch_size": 32}})
 
@@ -324,6 +327,8 @@ def test_each_level_is_measured_as_leaf_minus_the_variant_without_it():
     assert summary["leaf w/o category"][LEVEL_LATE_KEY]["per_seed"] == pytest.approx([3.0, -1.0])
     assert LEVEL_KEY not in summary["leaf w/o semantic"], "no leaf run on its seed"
     assert all(LEVEL_KEY not in summary[v] for v in ("leaf", "leaf + ranking below threshold"))
+    combined = summarise(runs + [flat_run("leaf w/o instance + ranking below threshold", 0, 0.86, 0.86)])
+    assert LEVEL_KEY not in combined["leaf w/o instance + ranking below threshold"], "changes more than one level"
     table = ablation_table(summary)
     assert ("| leaf w/o category | +0.00 ± 1.00 (ahead on 1 of 2 seeds: +1.00, -1.00) | "
             "+1.00 ± 2.00 (ahead on 1 of 2 seeds: +3.00, -1.00) |") in table
@@ -397,3 +402,13 @@ def test_ssl_budget_report_gives_intervals_and_the_change_between_budgets(tmp_pa
     assert [w["seed_spread"] for w in gaps[0]["windows"]] == pytest.approx([1.0, 1.0])
     assert gaps[1]["mean_curve"] == pytest.approx([0.0] * 4)
     assert (tmp_path / "out" / "training_gaps.png").stat().st_size > 0
+
+
+def test_report_names_the_runs_trained_in_another_precision():
+    from leaf_fer.train.ablation import precision_note
+
+    runs = [flat_run("leaf", 0, 0.84, 0.83), {**flat_run("leaf", 1, 0.82, 0.81), "precision": "fp32"},
+            {**flat_run("fixmatch", 0, 0.82, 0.81), "precision": "bf16"}]
+    assert precision_note(runs)[0] == ("Trained in fp32 (a CPU without native bf16): leaf seed 1; every other run in "
+                                       "bf16 autocast.")
+    assert precision_note(runs[:1]) == [] and precision_note(runs[1:2]) == []

@@ -88,6 +88,29 @@ def test_strong_views_leave_batchnorm_running_statistics_alone():
     assert not torch.equal(norm.running_mean, before)
 
 
+def test_bf16_autocast_only_when_asked_for():
+    from leaf_fer.train.algorithms import Leaf
+
+    net = LeafNet(ModelConfig(backbone="resnet-xs"))
+    faces = torch.rand(2, 1, 48, 48)
+    assert Leaf(net, 8, autocast=False).forward(faces).logits.dtype == torch.float32
+    assert Leaf(net, 8, autocast=True).forward(faces).logits.dtype == torch.bfloat16
+
+
+def test_precision_auto_takes_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
+    from leaf_fer.train.trainer import TrainConfig, native_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not native_bf16() and resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        TrainConfig(data="faces.npz", precision="fp16").validate()
+
+
 def test_contrastive_loss_lower_for_matching_views():
     torch.manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)

@@ -58,7 +58,7 @@ class Algorithm:
         return (x - self.net.config.pixel_mean) / self.net.config.pixel_std
 
     def forward(self, x: torch.Tensor):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast and x.device.type == "cpu"):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.net.forward_all(self.normalise(x))
 
     def forward_strong(self, x: torch.Tensor):

@@ -36,6 +36,7 @@ OPTION_HELP = {
     "device": "auto, cpu or cuda",
     "output": "run folder: checkpoint, log, curves, confusion matrix, model.safetensors",
     "threads": "torch CPU threads (0: torch's default)",
+    "precision": "auto (bf16 autocast where the CPU has native bf16, else fp32), bf16 or fp32",
 }
 
 

@@ -63,6 +63,7 @@ class TrainConfig:
     seed: int = 0
     output: str = "runs/default"
     threads: int = 0
+    precision: str = "auto"
     max_train_samples: int = 0
 
     @classmethod
@@ -85,6 +86,8 @@ class TrainConfig:
         if self.method != "supervised" and self.label_fraction >= 1.0 and not self.unlabeled_data:
             raise ValueError(f"method {self.method!r} needs unlabeled data: set a label fraction below 1 "
                              "or give --unlabeled-data (npz or folder of face crops)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from {list(PRECISIONS)}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("epochs must be ≥ 1 and batch size ≥ 2")
 
@@ -107,6 +110,24 @@ class Splits:
     val_hard: np.ndarray
     data_hash: str
     unlabeled_hard: np.ndarray
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere torch emulates it, and a training
+    step takes 9-10x as long as in fp32 (``benchmarks/train_precision.py``)."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast on a CPU with native bf16, fp32 elsewhere (on CUDA the small network is not
+    compute-bound)."""
+    if name == "auto":
+        return "bf16" if device.type == "cpu" and native_bf16() else "fp32"
+    return name
 
 
 def resolve_device(name: str) -> torch.device:
@@ -274,7 +295,8 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
     model_config = config.model_config()
     student = LeafNet(model_config).to(device, memory_format=torch.channels_last)
     teacher = EmaTeacher(student, config.ema_decay)
-    algorithm: Algorithm = _make_algorithm(config, student, splits.labeled_targets)
+    precision = resolve_precision(config.precision, device)
+    algorithm: Algorithm = make_algorithm(config, student, splits.labeled_targets, autocast=precision == "bf16")
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = config.iterations_per_epoch or max(1, len(splits.labeled_images) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -290,7 +312,7 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
         print(f"resuming {output} at epoch {state['epoch']}/{config.epochs}")
     log_file = output / "train_log.jsonl"
     print(f"{config.method}: {len(splits.labeled_images)} labeled, {len(splits.unlabeled_images)} unlabeled, "
-          f"{len(splits.val_images)} validation; {count_parameters(student) / 1e6:.2f}M parameters on {device}")
+          f"{len(splits.val_images)} validation; {count_parameters(student) / 1e6:.2f}M parameters on {device}, {precision}")
     if algorithm.uses_unlabeled:
         print(f"confidence thresholds scaled by {algorithm.confidence_ceiling:.3f} (labeled targets' mean top probability)"
               if algorithm.confidence_ceiling < 1.0 else "confidence thresholds as published (one-hot targets)")
@@ -341,7 +363,7 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
         if scores.accuracy > state["best_accuracy"]:
             state["best_accuracy"] = scores.accuracy
             state["best_epoch"] = epoch + 1
-            _save_model(teacher.model, output / "model.safetensors", config, splits, scores, state)
+            _save_model(teacher.model, output / "model.safetensors", config, splits, scores, state, precision)
             plot_confusion(scores, output / "confusion.png", f"{config.method} (EMA teacher), validation, epoch {epoch + 1}")
         state["epoch"] = epoch + 1
         state.update(algorithm.running_state())
@@ -352,8 +374,8 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
             "weights": str(output / "model.safetensors"), "history": state["history"]}
 
 
-PLACEMENT_OPTIONS = ("output", "device", "threads")
-"""Where and how fast a run trains, not what it computes."""
+PLACEMENT_OPTIONS = ("output", "device", "threads", "precision")
+"""Where and how fast a run trains, not what it computes (bf16 autocast changes its rounding, not its recipe)."""
 
 
 def _run_identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -370,21 +392,22 @@ def confidence_ceiling(config: TrainConfig, labeled_targets: torch.Tensor) -> fl
     return float(labeled_targets.max(dim=1).values.mean())
 
 
-def _make_algorithm(config: TrainConfig, net: LeafNet, labeled_targets: torch.Tensor) -> Algorithm:
+def make_algorithm(config: TrainConfig, net: LeafNet, labeled_targets: torch.Tensor, autocast: bool) -> Algorithm:
     """The method of ``config``; thresholds (and LEAF's optional distribution alignment) read the labeled targets."""
     cls = ALGORITHMS[config.method]
     num_classes = net.config.num_classes
     ceiling = confidence_ceiling(config, labeled_targets)
     if config.method == "leaf":
         labeled_prior = labeled_targets.float().mean(dim=0) if config.distribution_alignment else None
-        return cls(net, num_classes, confidence_ceiling=ceiling, category_level=config.category_level,
+        return cls(net, num_classes, autocast=autocast, confidence_ceiling=ceiling, category_level=config.category_level,
                    weight_x=config.labeled_weight, weight_s=config.contrastive_weight,
                    temperature=config.contrastive_temperature,
                    labeled_prior=labeled_prior, rank_below_threshold=config.rank_below_threshold)
-    return cls(net, num_classes, confidence_ceiling=ceiling)
+    return cls(net, num_classes, autocast=autocast, confidence_ceiling=ceiling)
 
 
-def _save_model(net: LeafNet, path: Path, config: TrainConfig, splits: Splits, scores: Scores, state: dict[str, Any]) -> None:
+def _save_model(net: LeafNet, path: Path, config: TrainConfig, splits: Splits, scores: Scores, state: dict[str, Any],
+                precision: str) -> None:
     metadata = WeightsMetadata(
         model=net.config,
         training={
@@ -393,6 +416,7 @@ def _save_model(net: LeafNet, path: Path, config: TrainConfig, splits: Splits, s
             "steps": state["step"],
             "train_seconds": round(state["elapsed_s"], 1),
             "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "precision": precision,
             "labeled": len(splits.labeled_images),
             "unlabeled": len(splits.unlabeled_images),
         },
