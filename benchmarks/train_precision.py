@@ -1,8 +1,8 @@
 """Training speed in fp32 and bf16 autocast on this CPU: what `--precision auto` chooses and why.
 
-Times full training steps (augmentation, forward, loss, backward, optimizer) on random faces, in the settings of the
-semi-supervised protocol and of the default model, interleaving the precisions step by step so that both see the same
-machine load, and reports the median step time and faces per second of each, and their ratio. Writes
+Times full training steps (augmentation, forward, loss, backward, optimizer) on random faces, with the options of the
+semi-supervised protocol's and the default model's training configs, interleaving the precisions step by step so that
+both see the same machine load, and reports the median step time and faces per second of each, and their ratio. Writes
 reports/train_precision/{precision.md,precision.json}.
 
     python benchmarks/train_precision.py
@@ -14,10 +14,12 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from leaf_fer.train.algorithms import Batch
 from leaf_fer.train.model import LeafNet
@@ -30,17 +32,19 @@ PRECISIONS = ("fp32", "bf16")
 def step_seconds(config: TrainConfig, steps: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per training step for each precision, the precisions alternating step by step."""
     generator = torch.Generator().manual_seed(0)
-    labeled_targets = torch.softmax(torch.randn(config.batch_size, 8, generator=generator), dim=1)
+    model_config = config.model_config()
+    size = model_config.input_size
+    labeled_targets = torch.softmax(torch.randn(config.batch_size, model_config.num_classes, generator=generator), 1)
     runs = {}
     for precision in PRECISIONS:
         torch.manual_seed(config.seed)
-        net = LeafNet(config.model_config()).to(memory_format=torch.channels_last)
+        net = LeafNet(model_config).to(memory_format=torch.channels_last)
         algorithm = make_algorithm(config, net, labeled_targets, autocast=precision == "bf16")
         runs[precision] = (net, algorithm, torch.optim.AdamW(net.parameters(), lr=config.lr))
     timings: dict[str, list[float]] = {precision: [] for precision in PRECISIONS}
     for step in range(warmup + steps):
-        labeled = Batch(torch.rand(config.batch_size, 1, 48, 48, generator=generator), labeled_targets)
-        unlabeled = Batch(torch.rand(config.unlabeled_batch_size, 1, 48, 48, generator=generator))
+        labeled = Batch(torch.rand(config.batch_size, 1, size, size, generator=generator), labeled_targets)
+        unlabeled = Batch(torch.rand(config.unlabeled_batch_size, 1, size, size, generator=generator))
         for precision, (net, algorithm, optimizer) in runs.items():
             net.train()
             start = time.perf_counter()
@@ -53,11 +57,9 @@ def step_seconds(config: TrainConfig, steps: int, warmup: int) -> dict[str, list
     return timings
 
 
-SETTINGS = [
-    {"name": "semi-supervised protocol (train/configs/ssl_10pct*.yaml)", "backbone": "resnet-xs", "batch_size": 32,
-     "threads": 1, "methods": ["leaf", "supervised"]},
-    {"name": "default model (train/configs/default.yaml)", "backbone": "resnet-s", "batch_size": 128, "threads": 2,
-     "methods": ["supervised"]},
+SETTINGS = [  # training config, torch threads, methods: the protocol's runs train one thread each, two at once
+    (Path("train/configs/ssl_10pct_9000.yaml"), 1, ["leaf", "supervised"]),
+    (Path("train/configs/default.yaml"), 2, ["supervised"]),
 ]
 
 
@@ -68,19 +70,19 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("reports/train_precision"))
     args = parser.parse_args()
     rows = []
-    for setting in SETTINGS:
-        torch.set_num_threads(setting["threads"])
-        for method in setting["methods"]:
-            config = TrainConfig(data="-", method=method, backbone=setting["backbone"],
-                                 batch_size=setting["batch_size"], unlabeled_batch_size=setting["batch_size"])
+    for config_path, threads, methods in SETTINGS:
+        torch.set_num_threads(threads)
+        protocol = TrainConfig.from_dict(yaml.safe_load(config_path.read_text()))
+        for method in methods:
+            config = replace(protocol, method=method)
             timings = step_seconds(config, args.steps, args.warmup)
-            faces = setting["batch_size"] * (1 if method == "supervised" else 2)
+            faces = config.batch_size + (config.unlabeled_batch_size if method != "supervised" else 0)
             medians = {precision: float(np.median(values)) for precision, values in timings.items()}
-            rows.append({"setting": setting["name"], "backbone": setting["backbone"], "threads": setting["threads"],
+            rows.append({"setting": str(config_path), "backbone": config.backbone, "threads": threads,
                          "method": method, "faces_per_step": faces, "step_seconds_median": medians,
                          "faces_per_second": {p: faces / s for p, s in medians.items()},
                          "bf16_over_fp32_time": medians["bf16"] / medians["fp32"]})
-            print(f"{setting['name']}, {method}: fp32 {medians['fp32']:.3f} s/step, bf16 {medians['bf16']:.3f} s/step",
+            print(f"{config_path}, {method}: fp32 {medians['fp32']:.3f} s/step, bf16 {medians['bf16']:.3f} s/step",
                   flush=True)
     cpu = torch.backends.cpu.get_cpu_capability()
     report = {"cpu_capability": cpu, "native_bf16": native_bf16(),

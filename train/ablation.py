@@ -40,6 +40,8 @@ DEFAULT_VARIANTS = [v for v in VARIANTS if v not in OPT_IN_VARIANTS]
 BASELINE = "supervised"
 PAIRED_KEY = f"vs_{BASELINE}"
 LAST_EPOCHS = 10
+# What every run used before the precision option: CPU training always ran in bf16 autocast.
+PRECISION_BEFORE_THE_OPTION = "bf16"
 LATE_PAIRED_KEY = f"last_{LAST_EPOCHS}_epochs_vs_{BASELINE}"
 # The semi-supervised baseline every LEAF variant is also paired with, seed by seed.
 SSL_BASELINE = "fixmatch"
@@ -87,7 +89,8 @@ def run_ablation(base: TrainConfig, variants: list[str], seeds: list[int], outpu
         runs.append({"variant": variant, "seed": seed, "accuracy": best["val_accuracy"],
                      "macro_f1": best["val_macro_f1"], "per_class_recall": validation.get("per_class_recall"),
                      "best_epoch": result["best_epoch"],
-                     "train_seconds": result["elapsed_s"], "precision": metadata.training.get("precision", "bf16"),
+                     "train_seconds": result["elapsed_s"],
+                     "precision": metadata.training.get("precision", PRECISION_BEFORE_THE_OPTION),
                      "history": [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"], "mask": h.get("mask")}
                                  for h in result["history"]]})
         report_reproduction(runs[-1], merged)
@@ -237,8 +240,7 @@ def switches_off_a_level(variant: str) -> bool:
     """True for the ablations of the published recipe that switch one of LEAF's three levels off and change nothing
     else."""
     overrides = VARIANTS.get(variant, {})
-    return overrides.get("method") == "leaf" and any(overrides == {"method": "leaf", level: False}
-                                                     for level in LEVEL_SWITCHES)
+    return any(overrides == {"method": "leaf", level: False} for level in LEVEL_SWITCHES)
 
 
 def best_accuracy(run: dict[str, Any]) -> float | None:
@@ -281,8 +283,9 @@ def versus(paired: dict[str, Any] | None) -> str:
 
 
 def precision_note(runs: list[dict[str, Any]]) -> list[str]:
-    """Which runs trained in fp32 where the others used bf16 autocast (runs from before the precision option: bf16)."""
-    fp32 = [f"{r['variant']} seed {r['seed']}" for r in runs if r.get("precision", "bf16") == "fp32"]
+    """Which runs trained in fp32 where the others used bf16 autocast."""
+    fp32 = [f"{r['variant']} seed {r['seed']}" for r in runs
+            if r.get("precision", PRECISION_BEFORE_THE_OPTION) == "fp32"]
     if not fp32 or len(fp32) == len(runs):
         return []
     return [f"Trained in fp32 (a CPU without native bf16): {', '.join(fp32)}; every other run in bf16 autocast.", ""]

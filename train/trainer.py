@@ -117,14 +117,13 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere torch emulates it, and a training
-    step takes 9-10x as long as in fp32 (``benchmarks/train_precision.py``)."""
+    step takes about 10x as long as in fp32 (``benchmarks/train_precision.py``)."""
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(probe() for probe in probes if probe is not None)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto``: bf16 autocast on a CPU with native bf16, fp32 elsewhere (on CUDA the small network is not
-    compute-bound)."""
+    """``auto``: bf16 autocast on a CPU with native bf16, fp32 elsewhere, CUDA included (as before the option)."""
     if name == "auto":
         return "bf16" if device.type == "cpu" and native_bf16() else "fp32"
     return name
@@ -312,7 +311,8 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
         print(f"resuming {output} at epoch {state['epoch']}/{config.epochs}")
     log_file = output / "train_log.jsonl"
     print(f"{config.method}: {len(splits.labeled_images)} labeled, {len(splits.unlabeled_images)} unlabeled, "
-          f"{len(splits.val_images)} validation; {count_parameters(student) / 1e6:.2f}M parameters on {device}, {precision}")
+          f"{len(splits.val_images)} validation; {count_parameters(student) / 1e6:.2f}M parameters on {device}, "
+          f"{precision}")
     if algorithm.uses_unlabeled:
         print(f"confidence thresholds scaled by {algorithm.confidence_ceiling:.3f} (labeled targets' mean top probability)"
               if algorithm.confidence_ceiling < 1.0 else "confidence thresholds as published (one-hot targets)")
