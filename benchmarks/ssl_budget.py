@@ -4,8 +4,10 @@ Reads the `leaf-fer ablate` reports of one protocol at several budgets (default:
 budget, tabulates and plots each method's accuracy minus supervised-only's on the same split, seed by seed, with a 95%
 Student-t interval of the mean over the seeds. The oracle (`supervised on all labels`) bounds what the unlabeled faces
 could add at that budget. A second table pits methods head to head (LEAF + ranking below threshold against LEAF and
-FixMatch, LEAF against FixMatch, LEAF against each of its level ablations: what that level adds) and asks whether
-each head-to-head difference changed from the previous budget (Welch interval). A third table and training_gaps.png
+FixMatch, LEAF against FixMatch, LEAF against each of its level ablations: what that level adds; supervised-only, on
+10% and on all labels, against the same network without the instance-level experts, and LEAF without them against
+that supervised network) and asks whether each head-to-head difference changed from the previous budget (Welch
+interval). A third table and training_gaps.png
 follow the paired differences along training (validation accuracy per epoch, mean and spread over the seeds per
 stretch of steps): when a lead appears, and whether the seeds agree on it. Writes
 reports/ssl_budget/{budget.md,budget.json,budget.png,training_gaps.png}.
@@ -29,12 +31,14 @@ from leaf_fer.train.weights import atomic_write_bytes
 DEFAULT_REPORTS = [Path("reports/ablation/results.json"), Path("reports/ablation_long/results.json"),
                    Path("reports/ablation_4500/results.json"), Path("reports/ablation_9000/results.json")]
 COMBINED = "leaf w/o instance + ranking below threshold"
-METHODS = ["supervised on all labels", "leaf", "leaf + ranking below threshold", COMBINED, "leaf + alignment",
+ORACLE = "supervised on all labels"
+METHODS = [ORACLE, "leaf", "leaf + ranking below threshold", COMBINED, "leaf + alignment",
            "fixmatch"]
 HEAD_TO_HEAD = [("leaf + ranking below threshold", "leaf"), ("leaf + ranking below threshold", "fixmatch"),
                 ("leaf", "fixmatch"), *((PUBLISHED_RECIPE, v) for v in VARIANTS if switches_off_a_level(v)),
                 ("leaf + ranking below threshold", "leaf w/o category"), (COMBINED, "leaf + ranking below threshold"),
-                (COMBINED, "leaf w/o instance")]
+                (COMBINED, "leaf w/o instance"), (BASELINE, "supervised w/o instance"),
+                ("leaf w/o instance", "supervised w/o instance"), (ORACLE, "supervised on all labels w/o instance")]
 TRAINING_GAPS = [("leaf + ranking below threshold", "leaf"), ("leaf", BASELINE),
                  ("leaf + ranking below threshold", BASELINE), ("fixmatch", BASELINE)]
 GAP_WINDOW_STEPS = 1500

@@ -335,6 +335,25 @@ def test_each_level_is_measured_as_leaf_minus_the_variant_without_it():
     assert "| leaf w/o semantic |" not in table.split("What each level adds")[1]
 
 
+def test_supervised_variants_without_the_instance_level_are_opt_in_and_paired_with_supervised(tmp_path):
+    from leaf_fer.train.ablation import (DEFAULT_VARIANTS, LEVEL_KEY, PAIRED_KEY, SSL_PAIRED_KEY, summarise,
+                                         variant_config)
+    from leaf_fer.train.trainer import TrainConfig
+
+    base = TrainConfig(label_fraction=0.1, instance_level=True)
+    small = variant_config(base, "supervised w/o instance", 3, tmp_path)
+    oracle = variant_config(base, "supervised on all labels w/o instance", 3, tmp_path)
+    assert (small.method, small.label_fraction, small.instance_level, small.seed) == ("supervised", 0.1, False, 3)
+    assert (oracle.method, oracle.label_fraction, oracle.instance_level) == ("supervised", 1.0, False)
+    assert Path(oracle.output).name == "supervised_on_all_labels_wo_instance_seed3"
+    assert not {"supervised w/o instance", "supervised on all labels w/o instance"} & set(DEFAULT_VARIANTS)
+    summary = summarise([flat_run("supervised", 0, 0.80, 0.79), flat_run("supervised w/o instance", 0, 0.81, 0.81),
+                         flat_run("fixmatch", 0, 0.82, 0.81), flat_run("leaf", 0, 0.84, 0.83)])
+    without = summary["supervised w/o instance"]
+    assert without[PAIRED_KEY]["per_seed"] == pytest.approx([1.0])
+    assert LEVEL_KEY not in without and SSL_PAIRED_KEY not in without, "not a LEAF variant"
+
+
 def test_report_only_rewrites_a_results_json_without_training(tmp_path):
     from leaf_fer.train.ablation import LAST_EPOCHS, budget_of
     from leaf_fer.train.trainer import TrainConfig
