@@ -7,10 +7,9 @@ could add at that budget. A second table pits methods head to head (LEAF + ranki
 FixMatch, LEAF against FixMatch, LEAF against each of its level ablations: what that level adds; supervised-only, on
 10% and on all labels, against the same network without the instance-level experts, and LEAF without them against
 that supervised network) and asks whether each head-to-head difference changed from the previous budget (Welch
-interval). A third table and training_gaps.png
-follow the paired differences along training (validation accuracy per epoch, mean and spread over the seeds per
-stretch of steps): when a lead appears, and whether the seeds agree on it. Writes
-reports/ssl_budget/{budget.md,budget.json,budget.png,training_gaps.png}.
+interval). A third table and training_gaps.png follow the paired differences along training (validation accuracy per
+epoch, mean and spread over the seeds per stretch of steps): when a lead appears, and whether the seeds agree on it.
+Writes reports/ssl_budget/{budget.md,budget.json,budget.png,training_gaps.png}.
 
     python benchmarks/ssl_budget.py
 """
@@ -32,8 +31,7 @@ DEFAULT_REPORTS = [Path("reports/ablation/results.json"), Path("reports/ablation
                    Path("reports/ablation_4500/results.json"), Path("reports/ablation_9000/results.json")]
 COMBINED = "leaf w/o instance + ranking below threshold"
 ORACLE = "supervised on all labels"
-METHODS = [ORACLE, "leaf", "leaf + ranking below threshold", COMBINED, "leaf + alignment",
-           "fixmatch"]
+METHODS = [ORACLE, "leaf", "leaf + ranking below threshold", COMBINED, "leaf + alignment", "fixmatch"]
 HEAD_TO_HEAD = [("leaf + ranking below threshold", "leaf"), ("leaf + ranking below threshold", "fixmatch"),
                 ("leaf", "fixmatch"), *((PUBLISHED_RECIPE, v) for v in VARIANTS if switches_off_a_level(v)),
                 ("leaf + ranking below threshold", "leaf w/o category"), (COMBINED, "leaf + ranking below threshold"),
@@ -178,7 +176,7 @@ def markdown(rows: list[dict], head_to_head: list[dict], gaps: list[dict]) -> st
              "the unlabeled faces could add at each budget.", "",
              f"| steps | seeds | {BASELINE} % | method | method % | vs {BASELINE} (points) | 95% interval | "
              "share of the oracle's lead |", "|---|---|---|---|---|---|---|---|"]
-    oracles = {r["steps"]: r for r in rows if r["method"] == METHODS[0]}
+    oracles = {r["steps"]: r for r in rows if r["method"] == ORACLE}
     for r in sorted(rows, key=lambda r: (r["steps"], METHODS.index(r["method"]))):
         seeds = ", ".join(f"{d:+.2f}" for d in r["per_seed"])
         lines.append(f"| {r['steps']:,} | {len(r['seeds'])} | {r['baseline_accuracy']:.2f} | {r['method']} | "
