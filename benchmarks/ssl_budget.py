@@ -36,7 +36,9 @@ HEAD_TO_HEAD = [("leaf + ranking below threshold", "leaf"), ("leaf + ranking bel
                 ("leaf", "fixmatch"), *((PUBLISHED_RECIPE, v) for v in VARIANTS if switches_off_a_level(v)),
                 ("leaf + ranking below threshold", "leaf w/o category"), (COMBINED, "leaf + ranking below threshold"),
                 (COMBINED, "leaf w/o instance"), (BASELINE, "supervised w/o instance"),
-                ("leaf w/o instance", "supervised w/o instance"), (ORACLE, "supervised on all labels w/o instance")]
+                ("leaf w/o instance", "supervised w/o instance"), (ORACLE, "supervised on all labels w/o instance"),
+                ("fixmatch", "fixmatch w/o instance"), ("fixmatch w/o instance", "supervised w/o instance"),
+                ("leaf w/o instance", "fixmatch w/o instance"), (COMBINED, "fixmatch w/o instance")]
 TRAINING_GAPS = [("leaf + ranking below threshold", "leaf"), ("leaf", BASELINE),
                  ("leaf + ranking below threshold", BASELINE), ("fixmatch", BASELINE)]
 GAP_WINDOW_STEPS = 1500

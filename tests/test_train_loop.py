@@ -354,6 +354,23 @@ def test_supervised_variants_without_the_instance_level_are_opt_in_and_paired_wi
     assert LEVEL_KEY not in without and SSL_PAIRED_KEY not in without, "not a LEAF variant"
 
 
+def test_fixmatch_without_the_instance_level_is_opt_in_and_changes_only_the_network(tmp_path):
+    from leaf_fer.train.ablation import (DEFAULT_VARIANTS, LEVEL_KEY, PAIRED_KEY, SSL_PAIRED_KEY, summarise,
+                                         variant_config)
+    from leaf_fer.train.trainer import TrainConfig
+
+    base = TrainConfig(label_fraction=0.1)
+    with_block, without_block = (variant_config(base, v, 2, tmp_path) for v in ("fixmatch", "fixmatch w/o instance"))
+    assert with_block.instance_level and not without_block.instance_level
+    assert replace(without_block, instance_level=True, output=with_block.output) == with_block
+    assert "fixmatch w/o instance" not in DEFAULT_VARIANTS
+    summary = summarise([flat_run("supervised", 2, 0.80, 0.79), flat_run("fixmatch", 2, 0.82, 0.81),
+                         flat_run("fixmatch w/o instance", 2, 0.83, 0.83)])
+    without = summary["fixmatch w/o instance"]
+    assert without[PAIRED_KEY]["per_seed"] == pytest.approx([3.0])
+    assert LEVEL_KEY not in without and SSL_PAIRED_KEY not in without, "a baseline, not a LEAF ablation"
+
+
 def test_report_only_rewrites_a_results_json_without_training(tmp_path):
     from leaf_fer.train.ablation import LAST_EPOCHS, budget_of
     from leaf_fer.train.trainer import TrainConfig

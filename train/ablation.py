@@ -33,12 +33,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "supervised on all labels": {"method": "supervised", "label_fraction": 1.0},
     "supervised w/o instance": {"method": "supervised", "instance_level": False},
     "supervised on all labels w/o instance": {"method": "supervised", "label_fraction": 1.0, "instance_level": False},
+    "fixmatch w/o instance": {"method": "fixmatch", "instance_level": False},
 }
 # Run only when asked for. "supervised on all labels" is the oracle: the unlabeled faces with their true labels, same
 # steps and batch; its lead over "supervised" is about the most the unlabeled faces could add at this budget. The two
-# supervised variants without the instance-level experts tell whether that block costs accuracy without pseudo-labels.
+# supervised variants without the instance-level experts tell whether that block costs accuracy without pseudo-labels;
+# FixMatch without it is the semi-supervised baseline on the same network as "leaf w/o instance".
 OPT_IN_VARIANTS = ("leaf + alignment", "leaf + ranking below threshold", "leaf w/o instance + ranking below threshold",
-                   "supervised on all labels", "supervised w/o instance", "supervised on all labels w/o instance")
+                   "supervised on all labels", "supervised w/o instance", "supervised on all labels w/o instance",
+                   "fixmatch w/o instance")
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in OPT_IN_VARIANTS]
 BASELINE = "supervised"
 PAIRED_KEY = f"vs_{BASELINE}"
