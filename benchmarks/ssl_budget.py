@@ -5,11 +5,12 @@ budget, tabulates and plots each method's accuracy minus supervised-only's on th
 Student-t interval of the mean over the seeds. The oracle (`supervised on all labels`) bounds what the unlabeled faces
 could add at that budget. A second table pits methods head to head (LEAF + ranking below threshold against LEAF and
 FixMatch, LEAF against FixMatch, LEAF against each of its level ablations: what that level adds; supervised-only, on
-10% and on all labels, against the same network without the instance-level experts, and LEAF without them against
-that supervised network) and asks whether each head-to-head difference changed from the previous budget (Welch
-interval). A third table and training_gaps.png follow the paired differences along training (validation accuracy per
-epoch, mean and spread over the seeds per stretch of steps): when a lead appears, and whether the seeds agree on it.
-Writes reports/ssl_budget/{budget.md,budget.json,budget.png,training_gaps.png}.
+10% and on all labels, and FixMatch against the same network without the instance-level experts, and LEAF without them
+against supervised-only and FixMatch without them; the combined variant against its parts and that FixMatch) and asks
+whether each head-to-head difference changed from the previous budget (Welch interval). A third table and
+training_gaps.png follow the paired differences along training (validation accuracy per epoch, mean and spread over
+the seeds per stretch of steps): when a lead appears, and whether the seeds agree on it. Writes
+reports/ssl_budget/{budget.md,budget.json,budget.png,training_gaps.png}.
 
     python benchmarks/ssl_budget.py
 """

@@ -335,39 +335,30 @@ def test_each_level_is_measured_as_leaf_minus_the_variant_without_it():
     assert "| leaf w/o semantic |" not in table.split("What each level adds")[1]
 
 
-def test_supervised_variants_without_the_instance_level_are_opt_in_and_paired_with_supervised(tmp_path):
+@pytest.mark.parametrize("variant, counterpart, method, fraction, run_name", [
+    ("supervised w/o instance", "supervised", "supervised", 0.1, "supervised_wo_instance_seed3"),
+    ("supervised on all labels w/o instance", "supervised on all labels", "supervised", 1.0,
+     "supervised_on_all_labels_wo_instance_seed3"),
+    ("fixmatch w/o instance", "fixmatch", "fixmatch", 0.1, "fixmatch_wo_instance_seed3"),
+])
+def test_baselines_without_the_instance_level_are_opt_in_change_only_the_network_and_pair_with_supervised(
+        tmp_path, variant, counterpart, method, fraction, run_name):
     from leaf_fer.train.ablation import (DEFAULT_VARIANTS, LEVEL_KEY, PAIRED_KEY, SSL_PAIRED_KEY, summarise,
                                          variant_config)
-    from leaf_fer.train.trainer import TrainConfig
 
     base = TrainConfig(label_fraction=0.1, instance_level=True)
-    small = variant_config(base, "supervised w/o instance", 3, tmp_path)
-    oracle = variant_config(base, "supervised on all labels w/o instance", 3, tmp_path)
-    assert (small.method, small.label_fraction, small.instance_level, small.seed) == ("supervised", 0.1, False, 3)
-    assert (oracle.method, oracle.label_fraction, oracle.instance_level) == ("supervised", 1.0, False)
-    assert Path(oracle.output).name == "supervised_on_all_labels_wo_instance_seed3"
-    assert not {"supervised w/o instance", "supervised on all labels w/o instance"} & set(DEFAULT_VARIANTS)
-    summary = summarise([flat_run("supervised", 0, 0.80, 0.79), flat_run("supervised w/o instance", 0, 0.81, 0.81),
-                         flat_run("fixmatch", 0, 0.82, 0.81), flat_run("leaf", 0, 0.84, 0.83)])
-    without = summary["supervised w/o instance"]
-    assert without[PAIRED_KEY]["per_seed"] == pytest.approx([1.0])
-    assert LEVEL_KEY not in without and SSL_PAIRED_KEY not in without, "not a LEAF variant"
-
-
-def test_fixmatch_without_the_instance_level_is_opt_in_and_changes_only_the_network(tmp_path):
-    from leaf_fer.train.ablation import (DEFAULT_VARIANTS, LEVEL_KEY, PAIRED_KEY, SSL_PAIRED_KEY, summarise,
-                                         variant_config)
-    from leaf_fer.train.trainer import TrainConfig
-
-    base = TrainConfig(label_fraction=0.1)
-    with_block, without_block = (variant_config(base, v, 2, tmp_path) for v in ("fixmatch", "fixmatch w/o instance"))
-    assert with_block.instance_level and not without_block.instance_level
+    without_block = variant_config(base, variant, 3, tmp_path)
+    with_block = variant_config(base, counterpart, 3, tmp_path)
+    assert (without_block.method, without_block.label_fraction, without_block.instance_level,
+            without_block.seed) == (method, fraction, False, 3)
+    assert Path(without_block.output).name == run_name
+    assert with_block.instance_level
     assert replace(without_block, instance_level=True, output=with_block.output) == with_block
-    assert "fixmatch w/o instance" not in DEFAULT_VARIANTS
-    summary = summarise([flat_run("supervised", 2, 0.80, 0.79), flat_run("fixmatch", 2, 0.82, 0.81),
-                         flat_run("fixmatch w/o instance", 2, 0.83, 0.83)])
-    without = summary["fixmatch w/o instance"]
-    assert without[PAIRED_KEY]["per_seed"] == pytest.approx([3.0])
+    assert variant not in DEFAULT_VARIANTS
+    summary = summarise([flat_run("supervised", 3, 0.80, 0.79), flat_run("fixmatch", 3, 0.82, 0.81),
+                         flat_run("leaf", 3, 0.84, 0.83), flat_run(variant, 3, 0.81, 0.81)])
+    without = summary[variant]
+    assert without[PAIRED_KEY]["per_seed"] == pytest.approx([1.0])
     assert LEVEL_KEY not in without and SSL_PAIRED_KEY not in without, "a baseline, not a LEAF ablation"
 
 
