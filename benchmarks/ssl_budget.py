@@ -1,6 +1,6 @@
 """How the semi-supervised methods' lead over supervised-only grows with the training budget, next to the oracle's.
 
-Reads the `leaf-fer ablate` reports of one protocol at several budgets (default: the four in reports/) and, per
+Reads the `leaf-fer ablate` reports of one protocol at several budgets (default: the five in reports/) and, per
 budget, tabulates and plots each method's accuracy minus supervised-only's on the same split, seed by seed, with a 95%
 Student-t interval of the mean over the seeds. The oracle (`supervised on all labels`) bounds what the unlabeled faces
 could add at that budget. A second table pits methods head to head (LEAF + ranking below threshold against LEAF and
@@ -29,7 +29,8 @@ from leaf_fer.train.metrics import save_figure
 from leaf_fer.train.weights import atomic_write_bytes
 
 DEFAULT_REPORTS = [Path("reports/ablation/results.json"), Path("reports/ablation_long/results.json"),
-                   Path("reports/ablation_4500/results.json"), Path("reports/ablation_9000/results.json")]
+                   Path("reports/ablation_4500/results.json"), Path("reports/ablation_9000/results.json"),
+                   Path("reports/ablation_18000/results.json")]
 COMBINED = "leaf w/o instance + ranking below threshold"
 ORACLE = "supervised on all labels"
 METHODS = [ORACLE, "leaf", "leaf + ranking below threshold", COMBINED, "leaf + alignment", "fixmatch"]
@@ -218,18 +219,23 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    for offset, method in zip(np.linspace(-60, 60, len(METHODS)), METHODS):
+    for spread, method in zip(np.linspace(-0.025, 0.025, len(METHODS)), METHODS):
         chosen = sorted((r for r in rows if r["method"] == method), key=lambda r: r["steps"])
         if not chosen:
             continue
-        steps = [r["steps"] + offset for r in chosen]
+        steps = [r["steps"] * (1 + spread) for r in chosen]
         line, = ax.plot(steps, [r["vs_baseline"] for r in chosen], marker="o", label=method)
         ax.errorbar(steps, [r["vs_baseline"] for r in chosen], yerr=[r["interval_95"] or 0.0 for r in chosen],
                     fmt="none", ecolor=line.get_color(), alpha=0.5, capsize=3)
         for x, r in zip(steps, chosen):
             ax.scatter([x] * len(r["per_seed"]), r["per_seed"], color=line.get_color(), alpha=0.35, s=14)
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set(xlabel="training steps (32 labeled + 32 unlabeled faces each)", ylabel=f"accuracy points vs {BASELINE}",
+    budgets = sorted({r["steps"] for r in rows})
+    ax.set_xscale("log")
+    ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set(xlabel="training steps, log scale (32 labeled + 32 unlabeled faces each)",
+           ylabel=f"accuracy points vs {BASELINE}",
            title="10% labels: lead over supervised-only on the same split\n(dots: seeds; bars: 95% interval of the mean)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
