@@ -1,6 +1,6 @@
 """How the semi-supervised methods' lead over supervised-only grows with the training budget, next to the oracle's.
 
-Reads the `leaf-fer ablate` reports of one protocol at several budgets (default: the five in reports/) and, per
+Reads the `leaf-fer ablate` reports of one protocol at several budgets (default: every budget in reports/) and, per
 budget, tabulates and plots each method's accuracy minus supervised-only's on the same split, seed by seed, with a 95%
 Student-t interval of the mean over the seeds. The oracle (`supervised on all labels`) bounds what the unlabeled faces
 could add at that budget. A second table pits methods head to head (LEAF + ranking below threshold against LEAF and
@@ -219,11 +219,11 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    for spread, method in zip(np.linspace(-0.025, 0.025, len(METHODS)), METHODS):
+    for relative_offset, method in zip(np.linspace(-0.025, 0.025, len(METHODS)), METHODS):
         chosen = sorted((r for r in rows if r["method"] == method), key=lambda r: r["steps"])
         if not chosen:
             continue
-        steps = [r["steps"] * (1 + spread) for r in chosen]
+        steps = [r["steps"] * (1 + relative_offset) for r in chosen]
         line, = ax.plot(steps, [r["vs_baseline"] for r in chosen], marker="o", label=method)
         ax.errorbar(steps, [r["vs_baseline"] for r in chosen], yerr=[r["interval_95"] or 0.0 for r in chosen],
                     fmt="none", ecolor=line.get_color(), alpha=0.5, capsize=3)
