@@ -28,9 +28,7 @@ from leaf_fer.train.ablation import BASELINE, PUBLISHED_RECIPE, VARIANTS, paired
 from leaf_fer.train.metrics import save_figure
 from leaf_fer.train.weights import atomic_write_bytes
 
-DEFAULT_REPORTS = [Path("reports/ablation/results.json"), Path("reports/ablation_long/results.json"),
-                   Path("reports/ablation_4500/results.json"), Path("reports/ablation_9000/results.json"),
-                   Path("reports/ablation_18000/results.json")]
+DEFAULT_REPORTS = sorted(Path("reports").glob("ablation*/results.json"))
 COMBINED = "leaf w/o instance + ranking below threshold"
 ORACLE = "supervised on all labels"
 METHODS = [ORACLE, "leaf", "leaf + ranking below threshold", COMBINED, "leaf + alignment", "fixmatch"]
@@ -217,6 +215,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for relative_offset, method in zip(np.linspace(-0.025, 0.025, len(METHODS)), METHODS):
@@ -233,7 +232,7 @@ def plot(rows: list[dict], path: Path) -> None:
     budgets = sorted({r["steps"] for r in rows})
     ax.set_xscale("log")
     ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set(xlabel="training steps, log scale (32 labeled + 32 unlabeled faces each)",
            ylabel=f"accuracy points vs {BASELINE}",
            title="10% labels: lead over supervised-only on the same split\n(dots: seeds; bars: 95% interval of the mean)")
