@@ -278,7 +278,12 @@ def test_paired_difference_over_the_last_epochs_ignores_the_best_epoch():
     table = markdown_table({"label_fraction": 0.1, "seeds": [0, 1, 2], "summary": summary, "runs": runs,
                             "budget": {"backbone": "resnet-xs", "epochs": 15, "iterations_per_epoch": 10,
                                        "batch_size": 32, "unlabeled_batch_size": 32}})
-    assert f"{late['per_seed'][0]:+.2f})" in table and "-10.00)" in table
+    assert f"| {late['per_seed'][0]:+.2f} (seed 0 only) |" in table and "| -10.00 (seed 0 only) |" in table
+    assert "| leaf | 80.00 ± 0.00 | 50.00 ± 0.00 | -10.00 (seed 0 only) |" in table
+    one_seed = markdown_table({"label_fraction": 0.1, "seeds": [0], "summary": summarise(runs[:1]), "runs": runs[:1],
+                               "budget": {"backbone": "resnet-xs", "epochs": 15, "iterations_per_epoch": 10,
+                                          "batch_size": 32, "unlabeled_batch_size": 32}})
+    assert "| supervised | 90.00 | 50.00 | — | — |" in one_seed, "one seed has no spread to show"
 
 
 def flat_run(variant, seed, best, late):

@@ -284,8 +284,15 @@ def paired_difference(runs: list[dict[str, Any]], variant: str,
 def versus(paired: dict[str, Any] | None) -> str:
     if not paired:
         return "—"
+    if paired["n"] == 1:
+        return f"{paired['mean']:+.2f} (seed {paired['seeds'][0]} only)"
     return (f"{paired['mean']:+.2f} ± {paired['std']:.2f} (ahead on {paired['ahead']} of {paired['n']} seeds: "
             + ", ".join(f"{d:+.2f}" for d in paired["per_seed"]) + ")")
+
+
+def mean_and_spread(mean: float, std: float, n: int) -> str:
+    """``mean ± std`` over the seeds; one seed has no spread to show."""
+    return f"{mean:.2f}" if n == 1 else f"{mean:.2f} ± {std:.2f}"
 
 
 def precision_note(runs: list[dict[str, Any]]) -> list[str]:
@@ -307,9 +314,9 @@ def markdown_table(report: dict[str, Any]) -> str:
              f"| method | accuracy % | macro-F1 % | accuracy vs {BASELINE}, same split (points) | "
              f"mean of the last {LAST_EPOCHS} epochs vs {BASELINE} (points) |", "|---|---|---|---|---|"]
     for variant, s in report["summary"].items():
-        lines.append(f"| {variant} | {s['accuracy_mean']:.2f} ± {s['accuracy_std']:.2f} | "
-                     f"{s['macro_f1_mean']:.2f} ± {s['macro_f1_std']:.2f} | {versus(s.get(PAIRED_KEY))} | "
-                     f"{versus(s.get(LATE_PAIRED_KEY))} |")
+        lines.append(f"| {variant} | {mean_and_spread(s['accuracy_mean'], s['accuracy_std'], s['n'])} | "
+                     f"{mean_and_spread(s['macro_f1_mean'], s['macro_f1_std'], s['n'])} | "
+                     f"{versus(s.get(PAIRED_KEY))} | {versus(s.get(LATE_PAIRED_KEY))} |")
     against_ssl = {variant: s for variant, s in report["summary"].items() if SSL_PAIRED_KEY in s}
     if against_ssl:
         lines += ["", f"LEAF against {SSL_BASELINE}, same split (points):", "",
