@@ -9,17 +9,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PyQt6.QtCore import QStandardPaths, Qt, QTimer
-from PyQt6.QtGui import QAction, QCloseEvent, QKeySequence
+from PyQt6.QtGui import QAction, QCloseEvent, QKeySequence, QResizeEvent
 from PyQt6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QMainWindow,
+    QScrollArea,
     QSlider,
     QSpinBox,
     QSplitter,
@@ -41,10 +43,9 @@ from leaf_fer.gui.worker import (
     SourceFactory,
     SourceSpec,
     backend_label,
-    is_live,
-    is_still_image,
     parse_source,
 )
+from leaf_fer.realtime.annotators import FpsMeter
 
 VIDEO_FILTER = "Videos (*.mp4 *.avi *.mov *.mkv *.webm *.m4v);;All files (*)"
 IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.bmp *.webp *.tif *.tiff);;All files (*)"
@@ -83,6 +84,7 @@ class MainWindow(QMainWindow):
         self._pending_start: SourceSpec | None = None
         self._classes: tuple[str, ...] = ()
         self._histories: dict[int, deque[tuple[float, tuple[float, ...]]]] = {}
+        self._fps = FpsMeter()
         self._closing = False
         self._probe: CameraProbe | None = None
         self._settings_timer = QTimer(self)
@@ -100,9 +102,12 @@ class MainWindow(QMainWindow):
             self.refresh_cameras()
 
     def _build_ui(self) -> None:
-        toolbar = QToolBar("Source")
-        toolbar.setMovable(False)
-        self.addToolBar(toolbar)
+        self.source_bar = QToolBar("Source")
+        self.controls_bar = QToolBar("Playback")
+        for toolbar in (self.source_bar, self.controls_bar):
+            toolbar.setMovable(False)
+            self.addToolBar(toolbar)
+        toolbar = self.source_bar
         self.source_combo = QComboBox()
         self.source_combo.setEditable(True)
         self.source_combo.setMinimumContentsLength(22)
@@ -117,7 +122,7 @@ class MainWindow(QMainWindow):
         self.refresh_action = self._action(toolbar, "⟳", self.refresh_cameras, tip="Look for webcams again")
         self.open_video_action = self._action(toolbar, "Open video…", self.choose_video, QKeySequence.StandardKey.Open)
         self.open_image_action = self._action(toolbar, "Open image…", self.choose_image, "Ctrl+I")
-        toolbar.addSeparator()
+        toolbar = self.controls_bar
         self.start_action = self._action(toolbar, "▶ Start", self.start, "Ctrl+Return")
         self.pause_action = self._action(toolbar, "❚❚ Pause", None, "Space", checkable=True)
         self.pause_action.toggled.connect(self.set_paused)
@@ -127,19 +132,28 @@ class MainWindow(QMainWindow):
         self.record_action.toggled.connect(self.set_recording)
         self.snapshot_action = self._action(toolbar, "Snapshot", self.snapshot, "Ctrl+S")
 
-        self.banner = MessageBanner()
         self.view = VideoView()
         self.view.image_clicked.connect(self._select_at)
+        self.banner = MessageBanner(self.view)
 
         left = QWidget()
         left_layout = QVBoxLayout(left)
         left_layout.setContentsMargins(6, 6, 0, 6)
-        left_layout.addWidget(self.banner)
         left_layout.addWidget(self.view, 1)
+
+        side = QScrollArea()
+        side.setWidget(self._build_side_panel())
+        side.setWidgetResizable(True)
+        side.setFrameShape(QFrame.Shape.NoFrame)
+        side.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scrollbar = side.verticalScrollBar()
+        extra = scrollbar.sizeHint().width() if scrollbar is not None else 0
+        side.setMinimumWidth(290 + extra)
+        side.setMaximumWidth(380 + extra)
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(left)
-        splitter.addWidget(self._build_side_panel())
+        splitter.addWidget(side)
         splitter.setStretchFactor(0, 1)
         splitter.setStretchFactor(1, 0)
         splitter.setCollapsible(0, False)
@@ -159,9 +173,8 @@ class MainWindow(QMainWindow):
         self.resize(1180, 700)
 
     def _build_side_panel(self) -> QWidget:
+        """The selected face and the settings; it scrolls when the window is too short to show all of it."""
         panel = QWidget()
-        panel.setMinimumWidth(290)
-        panel.setMaximumWidth(380)
         layout = QVBoxLayout(panel)
         layout.setContentsMargins(6, 6, 6, 6)
 
@@ -253,6 +266,16 @@ class MainWindow(QMainWindow):
         toolbar.addAction(action)
         return action
 
+    def resizeEvent(self, event: QResizeEvent | None) -> None:
+        """Move the playback buttons to a second toolbar row when one row cannot show them all."""
+        super().resizeEvent(event)
+        wrap = self.source_bar.sizeHint().width() + self.controls_bar.sizeHint().width() > self.width()
+        if wrap != self.toolBarBreak(self.controls_bar):
+            if wrap:
+                self.insertToolBarBreak(self.controls_bar)
+            else:
+                self.removeToolBarBreak(self.controls_bar)
+
     def _status(self, text: str, timeout_ms: int = 3000) -> None:
         bar = self.statusBar()
         if bar is not None:
@@ -275,7 +298,7 @@ class MainWindow(QMainWindow):
         """Probe webcams in the background; the combo keeps any text the user typed."""
         if self._probe is not None:
             return
-        if self.worker is not None and self._source is not None and is_live(self._source):
+        if self.worker is not None and isinstance(self._source, int):
             self._status("Stop the webcam before looking for others.")
             return
         self._probe = CameraProbe()
@@ -300,9 +323,9 @@ class MainWindow(QMainWindow):
             combo.setCurrentIndex(combo.findData(selected))
         elif typed:
             combo.setEditText(typed)
-        if not indices:
+        if not indices and not self.is_running():
             self._status("No webcam found — open a video or an image file.", 8000)
-            if combo.count() == 0 and self.view.image() is None and not self.is_running():
+            if combo.count() == 0 and self.view.image() is None:
                 self.view.set_message("No webcam found — open a video or an image file")
 
     def _probe_finished(self) -> None:
@@ -385,7 +408,7 @@ class MainWindow(QMainWindow):
             self._pending_start = spec
             self.worker.request_stop()
             return
-        if self._probe is not None and is_live(spec):
+        if self._probe is not None and isinstance(spec, int):
             self._pending_start = spec
             self.view.set_message("Waiting for the webcam search to finish…")
             return
@@ -397,16 +420,23 @@ class MainWindow(QMainWindow):
         self._histories.clear()
         self.history.clear()
         self.selected_track = None
+        self.last_packet = None
         self.view.set_message("Starting…")
+        self.view.set_badge("Starting…")
+        if self.source_combo.hasFocus():
+            self.view.setFocus()
+        self._settings_timer.stop()
+        self.settings = self._read_settings()
         worker = PipelineWorker(
             spec,
-            self._read_settings(),
+            self.settings,
             pipeline_factory=self._pipeline_factory,
             source_factory=self._source_factory,
             pace=self.pace,
         )
         worker.frame_ready.connect(self._on_frame)
         worker.error.connect(self._on_worker_error)
+        worker.settings_rejected.connect(self._on_settings_rejected)
         worker.source_ended.connect(self._on_source_ended)
         worker.pipeline_ready.connect(self._on_pipeline_ready)
         worker.recording_started.connect(self._on_recording_started)
@@ -421,11 +451,16 @@ class MainWindow(QMainWindow):
         self._status(f"Running {spec}", 4000)
 
     def set_paused(self, paused: bool) -> None:
-        if self.worker is not None:
-            self.worker.set_paused(paused)
-            self._status("Paused" if paused else "Running", 2000)
-        elif paused:
-            self.pause_action.setChecked(False)
+        """Pause or resume; "Paused" stays on the view and in the status bar until playback resumes."""
+        if self.worker is None:
+            if paused:
+                self.pause_action.setChecked(False)
+            return
+        self.worker.set_paused(paused)
+        self._fps.reset()
+        self.fps_label.setText("FPS: –")
+        self.view.set_badge("❚❚ Paused" if paused else "")
+        self._status("Paused" if paused else "Running", 0 if paused else 2000)
 
     def stop(self) -> None:
         self._pending_start = None
@@ -520,19 +555,30 @@ class MainWindow(QMainWindow):
         self.settings = new
         if self.worker is not None:
             self.worker.update_settings(new)
-            self._status("Applying settings…", 2000)
-        elif self._source is not None and is_still_image(self._source):
+            if not self.pause_action.isChecked():
+                self._status("Applying settings…", 2000)
+        elif self._source is not None and self.last_packet is not None and self.last_packet.still:
             self.start_source(self._source)
 
+    def _on_settings_rejected(self, text: str, requested: GuiSettings, running: GuiSettings) -> None:
+        """Put the controls back on the settings that actually run (unless newer edits are on their way)."""
+        if self.sender() is not self.worker:
+            return
+        if self.settings == requested:
+            self.settings = running
+            self._sync_settings_widgets()
+        self.show_error(text)
+
     def _on_pipeline_ready(self, backend: str, classes: tuple[str, ...]) -> None:
+        """A (re)built pipeline; the faces' histories survive settings changes unless the classes change."""
         if self.sender() is not self.worker:
             return
         self.backend_label.setText(f"Backend: {backend_label(backend)}")
-        self._histories.clear()
-        self.history.clear()
-        self.selected_track = None
         if classes != self._classes:
             self._classes = tuple(classes)
+            self._histories.clear()
+            self.history.clear()
+            self.selected_track = None
             self.bars.set_classes(self._classes)
             self.history.set_classes(self._classes)
 
@@ -551,7 +597,9 @@ class MainWindow(QMainWindow):
 
     def _show_packet(self, packet: FramePacket) -> None:
         self.last_packet = packet
+        paused = self.pause_action.isChecked()
         self.view.set_image(packet.image)
+        self.view.set_badge("❚❚ Paused" if paused else "")
         for face in packet.faces:
             history = self._histories.setdefault(face.track_id, deque(maxlen=int(HISTORY_SECONDS * 60)))
             history.append((packet.timestamp_s, face.probabilities))
@@ -565,7 +613,8 @@ class MainWindow(QMainWindow):
             self._select_track(min(present))
         else:
             self._show_selected(packet)
-        self.fps_label.setText(f"FPS: {packet.fps:.1f}")
+        fps = 0.0 if paused else self._fps.tick()
+        self.fps_label.setText(f"FPS: {fps:.1f}" if fps > 0 else "FPS: –")
         self.latency_label.setText(f"Latency: {packet.latency_ms:.1f} ms")
         self.latency_label.setToolTip("\n".join(f"{k}: {v:.1f} ms" for k, v in packet.stage_ms.items()))
         self.backend_label.setText(f"Backend: {backend_label(packet.backend)}")
@@ -651,9 +700,10 @@ class MainWindow(QMainWindow):
         self.pause_action.blockSignals(True)
         self.pause_action.setChecked(False)
         self.pause_action.blockSignals(False)
+        self._fps.reset()
         self.fps_label.setText("FPS: –")
-        if self.view.image() is None:
-            self.view.set_message("Stopped")
+        if self.last_packet is None or not self.last_packet.still:
+            self._show_stopped()
         self._update_buttons()
         if self._closing:
             self.close()
@@ -662,12 +712,26 @@ class MainWindow(QMainWindow):
             spec, self._pending_start = self._pending_start, None
             self.start_source(spec)
 
+    def _show_stopped(self) -> None:
+        """Mark the view as stopped and clear the readouts of faces that are no longer being analysed."""
+        self.last_packet = None
+        self.view.set_message("Stopped")
+        self.view.set_badge("■ Stopped")
+        self.view.set_highlight(None)
+        self._update_face_combo(())
+        self.bars.set_values(None)
+        self.face_label.setText("–")
+        self.faces_label.setText("Faces: –")
+        self.latency_label.setText("Latency: –")
+        self.latency_label.setToolTip("")
+        self._status("Stopped")
+
     def _update_buttons(self) -> None:
         running = self.worker is not None
         self.pause_action.setEnabled(running)
         self.stop_action.setEnabled(running)
         self.record_action.setEnabled(running)
-        self.refresh_action.setEnabled(not (running and self._source is not None and is_live(self._source)))
+        self.refresh_action.setEnabled(not (running and isinstance(self._source, int)))
         self.start_action.setText("⟲ Restart" if running else "▶ Start")
 
     def closeEvent(self, event: QCloseEvent | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
-from PyQt6.QtCore import QPointF, QRectF, QSize, Qt, pyqtSignal
+from PyQt6.QtCore import QEvent, QObject, QPointF, QRectF, QSize, Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QFont, QFontMetrics, QImage, QMouseEvent, QPainter, QPainterPath, QPaintEvent, QPen
 from PyQt6.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QToolButton, QWidget
 
@@ -34,7 +34,11 @@ def class_color(index: int, name: str = "") -> QColor:
 
 
 class VideoView(QWidget):
-    """Shows the latest frame scaled to fit with its aspect ratio kept; reports clicks in image coordinates."""
+    """Shows the latest frame scaled to fit with its aspect ratio kept; reports clicks in image coordinates.
+
+    A badge ("Paused", "Stopped") can be drawn over the frame; clicking the view takes the keyboard focus, so that
+    Space goes to the window's shortcut rather than to a text field.
+    """
 
     image_clicked = pyqtSignal(float, float)
 
@@ -43,8 +47,10 @@ class VideoView(QWidget):
         self._image: QImage | None = None
         self._message = "No source"
         self._highlight: tuple[float, float, float, float] | None = None
+        self._badge = ""
         self.frames_shown = 0
         self.setMinimumSize(320, 180)
+        self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
 
@@ -68,10 +74,12 @@ class VideoView(QWidget):
         self._message = text
         self.update()
 
-    def clear(self, message: str = "No source") -> None:
-        self._image = None
-        self._highlight = None
-        self._message = message
+    def badge(self) -> str:
+        return self._badge
+
+    def set_badge(self, text: str) -> None:
+        """Text drawn over the bottom of the frame ('' for none); the frame under it is dimmed."""
+        self._badge = text
         self.update()
 
     def set_highlight(self, box: tuple[float, float, float, float] | None) -> None:
@@ -126,6 +134,16 @@ class VideoView(QWidget):
             painter.setPen(pen)
             painter.setBrush(Qt.BrushStyle.NoBrush)
             painter.drawRect(QRectF(top_left, bottom_right).adjusted(-4, -4, 4, 4))
+        if self._badge:
+            painter.fillRect(rect, QColor(0, 0, 0, 90))
+            font = QFont(painter.font())
+            font.setBold(True)
+            painter.setFont(font)
+            height = QFontMetrics(font).height() + 12
+            band = QRectF(rect.left(), rect.bottom() - height, rect.width(), height)
+            painter.fillRect(band, QColor(0, 0, 0, 170))
+            painter.setPen(QColor("white"))
+            painter.drawText(band, Qt.AlignmentFlag.AlignCenter, self._badge)
 
 
 class ProbabilityBars(QWidget):
@@ -277,15 +295,19 @@ class HistoryPlot(QWidget):
 
 
 class MessageBanner(QFrame):
-    """An in-window message line (errors in red, notices in blue) with a dismiss button."""
+    """A message (errors in red, notices in blue) with a dismiss button, floating over the top of ``parent``.
+
+    It overlays its parent instead of taking layout space, so the video does not move when a message comes or goes.
+    """
 
     STYLES = {
         "error": "background:#fdecea; color:#611a15; border:1px solid #f5c2c0; border-radius:4px;",
         "info": "background:#e8f1fb; color:#0d3c61; border:1px solid #b6d4f2; border-radius:4px;",
     }
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget) -> None:
         super().__init__(parent)
+        parent.installEventFilter(self)
         self.kind = ""
         self.label = QLabel()
         self.label.setWordWrap(True)
@@ -304,7 +326,22 @@ class MessageBanner(QFrame):
         self.kind = kind
         self.setStyleSheet(f"MessageBanner {{{self.STYLES[kind]}}} QLabel {{border:none; background:transparent;}}")
         self.label.setText(text)
+        self._place()
         self.show()
+        self.raise_()
+
+    def _place(self) -> None:
+        parent = self.parentWidget()
+        if parent is None:
+            return
+        width = max(1, parent.width() - 16)
+        height = self.heightForWidth(width)
+        self.setGeometry(8, 8, width, height if height > 0 else self.sizeHint().height())
+
+    def eventFilter(self, watched: QObject | None, event: QEvent | None) -> bool:
+        if watched is self.parentWidget() and event is not None and event.type() == QEvent.Type.Resize:
+            self._place()
+        return False
 
     def dismiss(self) -> None:
         self.kind = ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,8 +14,9 @@ from PyQt6.QtCore import QThread, pyqtSignal
 from PyQt6.QtGui import QImage
 
 from leaf_fer.gui.settings import GuiSettings
+from leaf_fer.realtime.annotators import FpsMeter
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
-from leaf_fer.realtime.sources import IMAGE_EXTENSIONS, STREAM_SCHEMES, SourceError, open_source
+from leaf_fer.realtime.sources import FolderSource, ImageSource, SourceError, open_source
 from leaf_fer.realtime.types import Frame, FrameResult
 from leaf_fer.realtime.writers import CsvWriter, VideoWriter
 
@@ -36,7 +37,10 @@ class FaceInfo:
 
 @dataclass(frozen=True)
 class FramePacket:
-    """What the UI receives per shown frame: an owned QImage of the annotated frame plus readouts."""
+    """What the UI receives per shown frame: an owned QImage of the annotated frame plus readouts.
+
+    ``still`` marks an independent image (an image file, a folder's images): its result stays valid after the run.
+    """
 
     index: int
     timestamp_s: float
@@ -44,9 +48,9 @@ class FramePacket:
     faces: tuple[FaceInfo, ...]
     classes: tuple[str, ...]
     latency_ms: float
-    fps: float
     backend: str
     dropped: int
+    still: bool = False
     stage_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -98,16 +102,6 @@ def parse_source(text: str) -> SourceSpec:
     return int(text) if text.isdigit() else text
 
 
-def is_live(spec: SourceSpec) -> bool:
-    """Webcam indices and stream URLs (frames arrive in real time; no pacing)."""
-    text = str(spec).strip().lower()
-    return isinstance(spec, int) or text.isdigit() or text.startswith(STREAM_SCHEMES)
-
-
-def is_still_image(spec: SourceSpec) -> bool:
-    return isinstance(spec, str) and Path(spec).suffix.lower() in IMAGE_EXTENSIONS
-
-
 def bgr_to_qimage(image: np.ndarray) -> QImage:
     """Deep-copied QImage of a BGR (or grey) uint8 array, safe to hand to another thread."""
     array = np.ascontiguousarray(image)
@@ -140,12 +134,14 @@ class PipelineWorker(QThread):
     """Runs source → pipeline → (recorder) in its own thread and emits one packet per frame the UI can take.
 
     Control methods are thread-safe and never block: they set flags the loop reads between frames. A frame that
-    finishes while the UI has not yet consumed the previous packet is not emitted (it is still recorded).
+    finishes while the UI has not yet consumed the previous packet is not emitted (it is still recorded). Settings
+    that cannot be applied are answered by ``settings_rejected(message, requested, running)``.
     """
 
     frame_ready = pyqtSignal(object)
     error = pyqtSignal(str)
     pipeline_ready = pyqtSignal(str, object)
+    settings_rejected = pyqtSignal(str, object, object)
     recording_started = pyqtSignal(str, str)
     recording_finished = pyqtSignal(str, str)
     source_ended = pyqtSignal(str)
@@ -166,7 +162,7 @@ class PipelineWorker(QThread):
         self._pipeline_factory = pipeline_factory or default_pipeline_factory
         self._source_factory = source_factory or default_source_factory
         self._recorder_factory = recorder_factory or default_recorder_factory
-        self._pace = pace and not is_live(source)
+        self._pace = pace
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._paused = threading.Event()
@@ -228,11 +224,24 @@ class PipelineWorker(QThread):
             _close_quietly(pipeline)
 
     def _build(self, settings: GuiSettings) -> PipelineLike | None:
+        """The pipeline for ``settings``; a backend that cannot start gives way to ``auto``, which says so."""
         try:
             pipeline = self._pipeline_factory(settings)
         except Exception as exc:  # noqa: BLE001 - any backend/model failure becomes a message, not a crash
-            self.error.emit(f"Could not start the pipeline: {exc}")
-            return None
+            if settings.backend == "auto":
+                self.error.emit(f"Could not start the pipeline: {exc}")
+                return None
+            fallback = replace(settings, backend="auto")
+            pipeline = self._build(fallback)
+            if pipeline is not None:
+                self.settings = fallback
+                self.settings_rejected.emit(
+                    f"{backend_label(settings.backend)} could not start ({exc}); running "
+                    f"{backend_label(pipeline.backend_name)} instead, and the backend is set to auto.",
+                    settings,
+                    fallback,
+                )
+            return pipeline
         self.pipeline_ready.emit(pipeline.backend_name, tuple(pipeline.classes))
         return pipeline
 
@@ -243,19 +252,22 @@ class PipelineWorker(QThread):
             self.error.emit(_source_message(self.source, exc))
             return None
         self._source_obj = source
+        self._pace = self._pace and not self._is_live()
         return source
+
+    def _is_live(self) -> bool:
+        return bool(getattr(self._source_obj, "is_live", False))
 
     def _loop(self, pipeline: PipelineLike, source: Iterable[Frame]) -> RecorderLike | None:
         recorder: RecorderLike | None = None
         frames: Iterator[Frame] = iter(source)
-        fps = 0.0
-        last_done: float | None = None
+        meter = FpsMeter()
         pace_origin: tuple[float, float] | None = None
         while not self._stop.is_set():
             if self._paused.is_set():
                 time.sleep(0.03)
                 pace_origin = None
-                last_done = None
+                meter.reset()
                 pipeline = self._apply_settings(pipeline)
                 continue
             try:
@@ -275,6 +287,7 @@ class PipelineWorker(QThread):
                 self.error.emit(f"Processing failed on frame {frame.index}: {exc}")
                 break
             image = result.annotated if result.annotated is not None else frame.image
+            fps = meter.tick()
             recorder = self._update_recording(recorder, result, fps)
             if recorder is not None:
                 try:
@@ -284,18 +297,13 @@ class PipelineWorker(QThread):
                     self._finish_recording(recorder)
                     recorder = None
             self.frames_processed += 1
-            now = time.perf_counter()
-            if last_done is not None and now > last_done:
-                rate = 1.0 / (now - last_done)
-                fps = rate if fps == 0.0 else 0.9 * fps + 0.1 * rate
-            last_done = now
             if self._pace:
                 pace_origin = self._wait_for_timestamp(frame.timestamp_s, pace_origin)
             if self._ui_busy.is_set():
                 self.frames_dropped += 1
                 continue
             self._ui_busy.set()
-            self.frame_ready.emit(self._packet(result, image, fps, pipeline.backend_name))
+            self.frame_ready.emit(self._packet(result, image, pipeline.backend_name))
         return recorder
 
     def _wait_for_timestamp(self, timestamp_s: float, origin: tuple[float, float] | None) -> tuple[float, float]:
@@ -319,7 +327,12 @@ class PipelineWorker(QThread):
         try:
             rebuilt = self._pipeline_factory(settings)
         except Exception as exc:  # noqa: BLE001
-            self.error.emit(f"Settings not applied, keeping the previous pipeline: {exc}")
+            self.settings_rejected.emit(
+                f"Settings not applied ({exc}); still running {backend_label(pipeline.backend_name)} with the "
+                "previous settings, which the controls show again.",
+                settings,
+                self.settings,
+            )
             return pipeline
         _close_quietly(pipeline)
         self.settings = settings
@@ -347,7 +360,7 @@ class PipelineWorker(QThread):
     def _recording_fps(self, measured: float) -> float:
         """The source's own frame rate for files; the measured processing rate for live sources."""
         native = getattr(self._source_obj, "fps", 0.0)
-        if not is_live(self.source) and isinstance(native, (int, float)) and native > 0:
+        if not self._is_live() and isinstance(native, (int, float)) and native > 0:
             return float(native)
         return float(min(60.0, max(1.0, round(measured, 1)))) if measured > 0 else 15.0
 
@@ -361,7 +374,7 @@ class PipelineWorker(QThread):
             return
         self.recording_finished.emit(str(recorder.video_path), str(recorder.csv_path))
 
-    def _packet(self, result: FrameResult, image: np.ndarray, fps: float, backend: str) -> FramePacket:
+    def _packet(self, result: FrameResult, image: np.ndarray, backend: str) -> FramePacket:
         timings = result.timings
         stages = {
             "decode": timings.decode_ms,
@@ -378,27 +391,29 @@ class PipelineWorker(QThread):
             faces=face_infos(result),
             classes=tuple(result.classes),
             latency_ms=float(result.latency_ms or timings.total_ms),
-            fps=fps,
             backend=backend,
             dropped=self.frames_dropped,
+            still=result.frame.still,
             stage_ms=stages,
         )
 
     def _end_message(self) -> str:
-        if is_live(self.source):
-            return f"Camera {self.source} stopped delivering frames (unplugged or taken by another program)."
-        path = Path(str(self.source))
-        if is_still_image(self.source):
-            return f"Analysed image {path.name}."
-        if path.is_dir():
-            return f"Analysed every image in {path.name}/."
-        return f"End of video {path.name}."
+        source = self._source_obj
+        name = str(getattr(source, "name", "") or self.source)
+        if isinstance(source, ImageSource):
+            return f"Analysed image {Path(name).name}."
+        if isinstance(source, FolderSource):
+            return f"Analysed every image in {Path(name).name}/."
+        if self._is_live() and not getattr(source, "finite", False):
+            return f"The live source {name} stopped delivering frames."
+        return f"End of video {Path(name).name}."
 
 
 def _source_message(spec: SourceSpec, exc: BaseException) -> str:
+    """One line for a source failure; the user's path or URL keeps its case."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, SourceError):
-        return text[:1].upper() + text[1:]
+        return text
     if isinstance(spec, int):
         return f"Camera {spec}: {text}"
     return f"Source {spec}: {text}"
@@ -475,7 +490,5 @@ __all__ = [
     "Recorder",
     "backend_label",
     "bgr_to_qimage",
-    "is_live",
-    "is_still_image",
     "parse_source",
 ]

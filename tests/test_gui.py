@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import os
+import time
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -20,6 +22,7 @@ pytest.importorskip("pytestqt")
 
 from PyQt6.QtCore import QPoint, Qt
 from PyQt6.QtGui import QColor, QImage
+from PyQt6.QtWidgets import QApplication
 
 from leaf_fer.cli import COMMAND_MODULES
 from leaf_fer.gui.commands import register, settings_from_args
@@ -27,12 +30,12 @@ from leaf_fer.gui.cameras import candidate_camera_indices
 from leaf_fer.gui.main_window import MainWindow
 from leaf_fer.gui.settings import BACKENDS, GuiSettings
 from leaf_fer.gui.widgets import HistoryPlot, ProbabilityBars, VideoView, class_color
-from leaf_fer.gui.worker import FramePacket, PipelineWorker
+from leaf_fer.gui.worker import FramePacket, PipelineFactory, PipelineWorker, SourceFactory
 from leaf_fer.realtime.annotators import class_color as overlay_class_color
-from leaf_fer.realtime.annotators import track_color
 from leaf_fer.realtime.pipeline import BACKENDS as PIPELINE_BACKENDS
 from leaf_fer.realtime.pipeline import PipelineConfig
-from leaf_fer.realtime.sources import LiveSource
+from leaf_fer.realtime.sources import LiveSource, SourceError
+from leaf_fer.realtime.types import Detection, FacePrediction, Frame, FrameResult, StageTimings
 
 SHARED = Path(os.environ.get("LEAF_FER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 VIDEO = SHARED / "media" / "single_face.mp4"
@@ -106,6 +109,58 @@ def wait_frames(qtbot, win: MainWindow, count: int) -> None:
     qtbot.waitUntil(lambda: win.view.frames_shown >= start + count, timeout=FRAME_TIMEOUT_MS)
 
 
+FAKE_CLASSES = ("neutral", "happiness", "surprise", "sadness")
+
+
+class FakePipeline:
+    """Stands in for the realtime pipeline: one face per frame, each frame taking the next of ``work_s`` seconds."""
+
+    classes = FAKE_CLASSES
+
+    def __init__(self, settings: GuiSettings, work_s: tuple[float, ...]) -> None:
+        self.backend_name = "onnxruntime" if settings.backend == "auto" else settings.backend
+        self._work = itertools.cycle(work_s)
+
+    def process(self, frame: Frame) -> FrameResult:
+        time.sleep(next(self._work))
+        probs = np.array([0.1, 0.7, 0.1, 0.1], dtype=np.float32)
+        face = FacePrediction(1, Detection((40.0, 30.0, 120.0, 110.0), 0.9), probs, probs)
+        return FrameResult(frame, [face], FAKE_CLASSES, StageTimings(), annotated=frame.image)
+
+    def close(self) -> None:
+        pass
+
+
+def fake_pipelines(work_s: tuple[float, ...] = (0.0,)) -> PipelineFactory:
+    """Fake pipelines on any backend but TensorRT, which fails as it does where it is not installed."""
+
+    def make(settings: GuiSettings) -> FakePipeline:
+        if settings.backend == "tensorrt":
+            raise RuntimeError("TensorRT backend unavailable: tensorrt is not installed")
+        return FakePipeline(settings, work_s)
+
+    return make
+
+
+def synthetic_video(frames: int = 100000, fps: float = 24.0) -> SourceFactory:
+    def source(spec: int | str) -> Iterator[Frame]:
+        return (Frame(i, i / fps, np.full((180, 320, 3), i % 200, np.uint8)) for i in range(frames))
+
+    return source
+
+
+@pytest.fixture
+def fake_window(make_window: Callable[..., MainWindow]) -> Callable[..., MainWindow]:
+    """A window on fake pipelines and a synthetic 24 fps video (start it with ``win.start()``)."""
+
+    def make(work_s: tuple[float, ...] = (0.0,), frames: int = 100000, **kwargs: Any) -> MainWindow:
+        win = make_window(pipeline_factory=fake_pipelines(work_s), source_factory=synthetic_video(frames), **kwargs)
+        win.source_combo.setEditText("clip.mp4")
+        return win
+
+    return make
+
+
 @needs_video
 def test_frames_are_shown_with_overlay_on_the_face(qtbot, window: MainWindow) -> None:
     window.open_file(VIDEO)
@@ -130,9 +185,9 @@ def test_frames_are_shown_with_overlay_on_the_face(qtbot, window: MainWindow) ->
     x1, y1, x2, y2 = (int(round(v)) for v in face.box)
     outline = np.concatenate([shown[y1 + 6 : y2 - 6, x1], shown[y2, x1 + 6 : x2 - 6]])
     original = np.concatenate([raw[y1 + 6 : y2 - 6, x1], raw[y2, x1 + 6 : x2 - 6]])
-    colour = np.array(track_color(face.track_id))
+    colour = np.array(overlay_class_color(face.label))
     on_colour = np.abs(outline.astype(int) - colour).max(axis=1) <= 40
-    assert on_colour.mean() > 0.9, "the face box outline is not drawn in the track colour"
+    assert on_colour.mean() > 0.9, "the face box outline is not drawn in the colour of the face's expression"
     changed = np.abs(outline.astype(int) - original.astype(int)).max(axis=1) > 40
     assert changed.mean() > 0.8, "the outline pixels are the video's own, not an overlay"
     inside = shown[y1 + 20 : y2 - 20, x1 + 20 : x2 - 20]
@@ -343,6 +398,127 @@ def test_worker_drops_frames_while_the_ui_is_busy(qtbot) -> None:
     assert worker.frames_processed == 72
     assert worker.frames_dropped == worker.frames_processed - 1
     worker.wait()
+
+
+def test_a_backend_that_fails_puts_the_controls_back_on_what_runs(qtbot, fake_window) -> None:
+    win = fake_window()
+    win.backend_combo.setCurrentIndex(win.backend_combo.findData("torch"))
+    win.start()
+    wait_frames(qtbot, win, 2)
+    worker = win.worker
+    win.backend_combo.setCurrentIndex(win.backend_combo.findData("tensorrt"))
+    win.apply_settings_now()
+    qtbot.waitUntil(lambda: "Settings not applied" in win.message_text(), timeout=FRAME_TIMEOUT_MS)
+    assert win.backend_combo.currentData() == "torch" and win.settings.backend == "torch"
+    assert "TensorRT" in win.message_text() and "still running torch" in win.message_text()
+    win.smoothing_slider.setValue(20)
+    win.apply_settings_now()
+    qtbot.waitUntil(lambda: worker.settings.smoothing == 0.2, timeout=FRAME_TIMEOUT_MS)
+    assert worker.settings.backend == "torch" and win.worker is worker
+
+    win.stop()
+    qtbot.waitUntil(lambda: win.worker is None, timeout=FRAME_TIMEOUT_MS)
+    win.backend_combo.setCurrentIndex(win.backend_combo.findData("tensorrt"))
+    win.start()
+    wait_frames(qtbot, win, 2)
+    assert "TensorRT could not start" in win.message_text() and "ONNX Runtime" in win.message_text()
+    assert win.backend_combo.currentData() == "auto" and win.worker.settings.backend == "auto"
+    assert win.backend_label.text() == "Backend: ONNX Runtime"
+
+
+def test_space_pauses_and_types_only_into_a_source_box_clicked_on_purpose(qtbot, fake_window) -> None:
+    win = fake_window()
+    win.activateWindow()
+    qtbot.waitUntil(win.isActiveWindow)
+    line = win.source_combo.lineEdit()
+    line.setFocus()
+    qtbot.keyClick(line, Qt.Key.Key_Return)
+    wait_frames(qtbot, win, 2)
+    qtbot.keyClick(QApplication.focusWidget() or win, Qt.Key.Key_Space)
+    assert win.pause_action.isChecked() and win.worker.is_paused()
+    assert win.source_combo.currentText() == "clip.mp4"
+    qtbot.keyClick(QApplication.focusWidget() or win, Qt.Key.Key_Space)
+    assert not win.pause_action.isChecked()
+
+    qtbot.mouseClick(line, Qt.MouseButton.LeftButton)
+    line.end(False)
+    qtbot.keyClicks(line, " b")
+    assert win.source_combo.currentText() == "clip.mp4 b" and not win.pause_action.isChecked()
+
+
+def test_readouts_follow_what_is_shown_paused_and_stopped(qtbot, fake_window) -> None:
+    win = fake_window(work_s=(0.002, 0.03))
+    win.start()
+    wait_frames(qtbot, win, 3)
+    win._cameras_found([])
+    assert "webcam" not in (win.statusBar().currentMessage() + win.view.message()).lower()
+    qtbot.wait(1500)
+    fps = float(win.fps_label.text().split()[1])
+    assert 20.0 <= fps <= 26.5, f"a 24 fps video with uneven processing times reads {fps} FPS"
+    shown = len(win.history)
+    win.smoothing_slider.setValue(10)
+    win.apply_settings_now()
+    qtbot.waitUntil(lambda: win.worker.settings.smoothing == 0.1, timeout=FRAME_TIMEOUT_MS)
+    wait_frames(qtbot, win, 2)
+    assert len(win.history) >= shown, "changing a setting wiped the history plot"
+
+    win.pause_action.trigger()
+    qtbot.wait(2300)
+    assert win.statusBar().currentMessage() == "Paused" and "Paused" in win.view.badge()
+    assert win.fps_label.text() == "FPS: –"
+    win.pause_action.trigger()
+    wait_frames(qtbot, win, 3)
+    assert win.view.badge() == "" and win.fps_label.text() != "FPS: –"
+
+    win.stop_action.trigger()
+    qtbot.waitUntil(lambda: win.worker is None, timeout=FRAME_TIMEOUT_MS)
+    assert "Stopped" in win.view.badge()
+    assert (win.faces_label.text(), win.fps_label.text(), win.face_label.text()) == ("Faces: –", "FPS: –", "–")
+    assert win.bars.values() == () and win.face_combo.count() == 0 and win.last_packet is None
+
+
+def test_the_end_of_a_video_is_shown_as_stopped(qtbot, fake_window) -> None:
+    win = fake_window(frames=8)
+    win.start()
+    qtbot.waitUntil(lambda: win.worker is None, timeout=FRAME_TIMEOUT_MS)
+    assert "End of video clip.mp4" in win.message_text()
+    assert "Stopped" in win.view.badge() and win.faces_label.text() == "Faces: –"
+
+
+def test_source_errors_keep_the_case_of_paths_and_urls(qtbot, make_window: Callable[..., MainWindow]) -> None:
+    url = "rtsp://cam.local/live"
+
+    def unreachable(spec: int | str) -> Iterator[Frame]:
+        raise SourceError(f"{spec}: cannot open stream (unreachable, wrong URL or unsupported format)")
+
+    win = make_window(pipeline_factory=fake_pipelines(), source_factory=unreachable)
+    for text in (url, "missing-clip.mp4"):
+        win.source_combo.setEditText(text)
+        win.start()
+        qtbot.waitUntil(lambda: win.message_text().startswith(f"{text}: "), timeout=FRAME_TIMEOUT_MS)
+        qtbot.waitUntil(lambda: win.worker is None, timeout=FRAME_TIMEOUT_MS)
+
+
+def test_the_window_shrinks_and_keeps_its_controls_and_video_in_place(qtbot, window: MainWindow) -> None:
+    window.resize(900, 480)
+    qtbot.waitUntil(lambda: window.height() <= 490, timeout=2000)
+    assert window.view.height() >= 200
+
+    window.resize(window.minimumSizeHint().width(), 600)
+    qtbot.waitUntil(lambda: window.width() < 720, timeout=2000)
+    buttons = [
+        window.controls_bar.widgetForAction(action)
+        for action in (window.start_action, window.pause_action, window.stop_action, window.record_action)
+    ]
+    qtbot.waitUntil(lambda: all(button is not None and button.isVisible() for button in buttons), timeout=2000)
+    for button in buttons:
+        assert window.rect().contains(button.mapTo(window, button.rect().bottomRight()))
+
+    before = window.view.geometry()
+    window.show_error("Could not start the pipeline: " + "a long reason " * 20)
+    qtbot.wait(50)
+    assert window.view.geometry() == before, "the video moved when a message appeared"
+    assert window.banner.isVisible() and window.view.rect().contains(window.banner.geometry())
 
 
 def test_video_view_keeps_aspect_and_maps_clicks(qtbot) -> None:
