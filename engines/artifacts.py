@@ -164,15 +164,30 @@ def cache_key(
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def artifact_filename(model_hash: str, target: str, *, max_batch: int | None = None, env: TrtEnvironment | None = None) -> str:
-    """``leaf_fer-<hash>-fp32.onnx``, ``leaf_fer-<hash>-fp16.onnx``, ``leaf_fer-<hash>-trt-<gpu>-b16-<key>.engine``."""
+def config_key(model: dict[str, Any]) -> str:
+    """Short hash of a model config (architecture, classes, normalisation): what the weights' JSON adds to the tensors."""
+    return hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def artifact_filename(
+    model_hash: str,
+    target: str,
+    *,
+    model: dict[str, Any] | None = None,
+    max_batch: int | None = None,
+    env: TrtEnvironment | None = None,
+) -> str:
+    """``leaf_fer-<hash>-<config>-fp32.onnx``, ``leaf_fer-<hash>-<config>-fp16.onnx``,
+    ``leaf_fer-<hash>-<config>-trt-<gpu>-b16-<key>.engine`` (``model``: the config the artifact is built with)."""
+    if model is None:
+        raise ValueError("an artifact name needs the model config")
     if target == "tensorrt":
         if env is None or max_batch is None:
             raise ValueError("a TensorRT artifact name needs the environment and the max batch")
         gpu = re.sub(r"[^a-z0-9]+", "-", env.gpu_name.lower()).strip("-")[:32] or "gpu"
         key = cache_key(model_hash, target, max_batch=max_batch, env=env)
-        return f"leaf_fer-{model_hash}-trt{env.version}-{gpu}-b{max_batch}-{key}.engine"
-    return f"leaf_fer-{model_hash}-{PRECISIONS[target]}{SUFFIXES[target]}"
+        return f"leaf_fer-{model_hash}-{config_key(model)}-trt{env.version}-{gpu}-b{max_batch}-{key}.engine"
+    return f"leaf_fer-{model_hash}-{config_key(model)}-{PRECISIONS[target]}{SUFFIXES[target]}"
 
 
 def write_artifact(path: str | os.PathLike[str], payload: bytes, sidecar: Sidecar) -> Path:

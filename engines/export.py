@@ -13,7 +13,9 @@ import io
 import json
 import logging
 import os
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import leaf_fer
 from leaf_fer.train.model import InferenceModel, LeafNet
-from leaf_fer.train.weights import WeightsMetadata, default_weights_path, load_weights, model_hash
+from leaf_fer.train.weights import WeightsMetadata, default_weights_path, load_weights, model_hash, read_metadata
 
 from .artifacts import (
     INPUT_NAME,
@@ -52,6 +54,8 @@ MOVE_OPS = frozenset(
     {"Concat", "Expand", "Flatten", "Gather", "Identity", "Pad", "Reshape", "Slice", "Split", "Squeeze", "Tile", "Transpose", "Unsqueeze"}
 )
 TYPE_ONLY_OPS = frozenset({"Shape", "Size"})
+EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+"""Loggers that narrate every export (registrations, optimisation passes); only their errors are shown."""
 
 
 def export_onnx_model(net: LeafNet, *, opset: int = OPSET) -> onnx.ModelProto:
@@ -61,7 +65,7 @@ def export_onnx_model(net: LeafNet, *, opset: int = OPSET) -> onnx.ModelProto:
     sample = torch.full((2, 1, size, size), 128.0)
     batch = torch.export.Dim("batch", min=1)
     quiet = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), torch.no_grad():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _exporter_errors_only(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
@@ -82,6 +86,19 @@ def export_onnx_model(net: LeafNet, *, opset: int = OPSET) -> onnx.ModelProto:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
     check_onnx(proto, "exported model")
     return proto
+
+
+@contextlib.contextmanager
+def _exporter_errors_only() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -241,7 +258,7 @@ def compile_onnx(
     output_dir = Path(output_dir)
     fp32_model = export_onnx_model(net)
     classes = tuple(metadata.model.classes)
-    fp32_path = output_dir / artifact_filename(weights_hash, "onnx")
+    fp32_path = output_dir / artifact_filename(weights_hash, "onnx", model=metadata.model.to_dict())
     write_artifact(fp32_path, serialize_onnx(fp32_model, weights_hash, classes, "fp32"), onnx_sidecar(fp32_model, metadata, weights_hash, "onnx"))
     if not fp16:
         return fp32_path
@@ -250,7 +267,7 @@ def compile_onnx(
 
 def _write_fp16(fp32_model: onnx.ModelProto, metadata: WeightsMetadata, weights_hash: str, output_dir: Path) -> Path:
     fp16_model = convert_to_fp16(fp32_model)
-    path = output_dir / artifact_filename(weights_hash, "onnx-fp16")
+    path = output_dir / artifact_filename(weights_hash, "onnx-fp16", model=metadata.model.to_dict())
     payload = serialize_onnx(fp16_model, weights_hash, tuple(metadata.model.classes), "fp16")
     return write_artifact(path, payload, onnx_sidecar(fp16_model, metadata, weights_hash, "onnx-fp16"))
 
@@ -262,24 +279,41 @@ def ensure_onnx(
     cache_dir: str | os.PathLike[str] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """The ONNX for these weights, compiled on first use or when the existing copy is stale or corrupt.
+    """The ONNX for these weights and their metadata, compiled on first use or when the existing copy is stale or
+    corrupt.
 
-    It lives in ``output_dir`` when given, else in the per-model folder of the cache (``cache_dir`` or the default).
+    It lives in ``output_dir`` when given, else in the per-model folder of the cache (``cache_dir`` or the default);
+    when that folder cannot be written, it is compiled into a new temporary folder instead (one warning).
     """
     weights_path = Path(weights) if weights is not None else default_weights_path()
     weights_hash = model_hash(weights_path)
     directory = Path(output_dir) if output_dir is not None else model_cache_dir(cache_dir, weights_hash)
     target = "onnx-fp16" if fp16 else "onnx"
-    wanted = directory / artifact_filename(weights_hash, target)
+    wanted = directory / artifact_filename(weights_hash, target, model=read_metadata(weights_path).model.to_dict())
     reason = _cache_problem(wanted, target, weights_hash)
     if reason is None:
         return wanted
+    unwritable = None if output_dir is not None else _unwritable(directory)
+    if unwritable is not None:
+        fallback = Path(tempfile.mkdtemp(prefix="leaf-fer-engines-"))
+        log.warning("%s: cache folder not writable (%s); compiling into %s instead", directory, unwritable, fallback)
+        return ensure_onnx(weights_path, fp16=fp16, output_dir=fallback)
     log.info("compiling %s ONNX for model %s (%s)", "FP16" if fp16 else "FP32", weights_hash, reason)
     if fp16:
         fp32_path = ensure_onnx(weights_path, fp16=False, output_dir=directory)
         _, metadata = load_weights(weights_path)
         return _write_fp16(onnx.load(str(fp32_path)), metadata, weights_hash, directory)
     return compile_onnx(weights_path, directory, fp16=False)
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why no file can be created in ``directory`` (None when one can)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _cache_problem(path: Path, target: str, weights_hash: str) -> str | None:

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from leaf_fer.train.weights import WeightsMetadata, model_hash
+from leaf_fer.train.weights import WeightsMetadata, model_hash, read_metadata
 
 from .artifacts import EngineError, EngineMismatchError, check_compatible, load_artifact, one_line
 from .export import ensure_onnx
@@ -63,7 +63,7 @@ class OrtPredictor(Predictor):
         if sidecar.target not in ("onnx", "onnx-fp16"):
             raise EngineMismatchError(f"{path}: a {sidecar.target!r} artifact cannot run on onnxruntime")
         if weights is not None:
-            check_compatible(sidecar, path, model_hash=model_hash(weights))
+            check_compatible(sidecar, path, model_hash=model_hash(weights), classes=read_metadata(weights).model.classes)
         super().__init__(WeightsMetadata(model=sidecar.model_config))
         self.sidecar = sidecar
         self.model_path = path

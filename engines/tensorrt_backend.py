@@ -226,7 +226,8 @@ def ensure_engine(
     weights_hash = model_hash(weights_path)
     metadata = read_metadata(weights_path)
     directory = Path(output_dir) if output_dir is not None else model_cache_dir(cache_dir, weights_hash)
-    path = directory / artifact_filename(weights_hash, "tensorrt", max_batch=max_batch, env=env)
+    path = directory / artifact_filename(weights_hash, "tensorrt", model=metadata.model.to_dict(), max_batch=max_batch,
+                                         env=env)
     if path.is_file() and not force:
         try:
             sidecar = load_artifact(path, target="tensorrt")

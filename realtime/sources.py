@@ -8,9 +8,11 @@ queueing them; a source that stops delivering frames is reconnected a bounded nu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -83,14 +85,20 @@ class Source(ABC):
         self.close()
 
 
-def _quiet_capture(*args: object) -> cv2.VideoCapture:
-    """Open a VideoCapture with OpenCV's own logging silenced (failures are reported as SourceError instead)."""
+@contextlib.contextmanager
+def opencv_quiet() -> Iterator[None]:
+    """OpenCV's own logging silenced: its failures are reported as one-line SourceError/WriterError instead."""
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        return cv2.VideoCapture(*args)
+        yield
     finally:
         cv2.utils.logging.setLogLevel(level)
+
+
+def _quiet_capture(*args: object) -> cv2.VideoCapture:
+    with opencv_quiet():
+        return cv2.VideoCapture(*args)
 
 
 def _check_file(path: Path) -> None:
@@ -375,11 +383,14 @@ def stream_opener(url: str, timeout_s: float) -> Callable[[], Capture | None]:
     return open_stream
 
 
-def _redact(url: str) -> str:
-    """Drop credentials (user:password@) from a stream URL before it appears in messages."""
-    scheme, sep, rest = url.partition("://")
-    host, at, path = rest.partition("@")
-    return f"{scheme}{sep}***@{path}" if at and "/" not in host else url
+def redact_url(url: str) -> str:
+    """The URL with its credentials (``user:password@``, up to the authority's last ``@``) replaced by ``***``."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/?#]*@", r"\1***@", url, flags=re.IGNORECASE)
+
+
+def is_url(spec: object) -> bool:
+    """True for a stream URL (rtsp://, http://, ...)."""
+    return isinstance(spec, str) and spec.lower().startswith(STREAM_SCHEMES)
 
 
 def open_source(
@@ -406,8 +417,8 @@ def open_source(
         except SourceError:
             raise SourceError(f"webcam {index}: not found or cannot be opened (is it connected and not in use?)") from None
     text = os.fspath(spec)
-    if text.lower().startswith(STREAM_SCHEMES):
-        name = _redact(text)
+    if is_url(text):
+        name = redact_url(text)
         try:
             return LiveSource(
                 stream_opener(text, stall_timeout_s), name, stall_timeout_s=stall_timeout_s, max_reconnects=max_reconnects

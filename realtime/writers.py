@@ -1,12 +1,15 @@
 """Output writers that never leave a partial file under a final name.
 
-Each writer writes to a hidden temporary file beside its target and renames it into place only in :meth:`close`;
-:meth:`abort` (or leaving a ``with`` block through an exception) deletes the temporary file. Both video and CSV
-writers take one frame at a time, so the GUI's recorder can use them as well as ``annotate``.
+Each writer writes to a hidden temporary file beside its target and renames it into place only in :meth:`close`,
+after checking it (a video must read back with every frame written: OpenCV's writer drops frames silently, e.g. on a
+full disk); :meth:`abort` (or leaving a ``with`` block through an exception) deletes the temporary file. Every write
+failure is a one-line :class:`WriterError` naming the output. Both video and CSV writers take one frame at a time, so
+the GUI's recorder can use them as well as ``annotate``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -20,6 +23,7 @@ import numpy as np
 from leaf_fer.train.weights import atomic_write_bytes as write_bytes_atomically
 
 from .detector import KEYPOINT_NAMES
+from .sources import opencv_quiet
 from .types import FrameResult
 
 VIDEO_FOURCC = "mp4v"
@@ -28,6 +32,11 @@ VIDEO_FOURCC = "mp4v"
 
 class WriterError(OSError):
     """An output that cannot be created or written; the message is one line."""
+
+
+def cannot_write(path: Path, exc: OSError) -> WriterError:
+    """The one-line error for a failed write to ``path``."""
+    return WriterError(f"{path}: cannot write ({exc.strerror or exc})")
 
 
 def _temp_path(path: Path) -> Path:
@@ -54,8 +63,8 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise WriterError(f"{path.parent}: output folder not writable ({exc.strerror or exc})") from exc
     try:
         write_bytes_atomically(path, payload)
-    except PermissionError as exc:
-        raise WriterError(f"{path.parent}: output folder not writable ({exc.strerror or exc})") from exc
+    except OSError as exc:
+        raise cannot_write(path, exc) from exc
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -76,17 +85,23 @@ class _AtomicFile:
     def _release(self) -> None:
         """Flush and close the underlying handle."""
 
+    def _check(self) -> None:
+        """Raise :class:`WriterError` when the finished temporary file does not hold what was written."""
+
     def close(self) -> Path:
-        """Finish the file and move it to its final name; returns that name."""
+        """Finish and check the file, then move it to its final name; returns that name."""
         if self.closed:
             return self.path
         self.closed = True
         try:
             self._release()
+            self._check()
             os.chmod(self.tmp_path, 0o644)
             os.replace(self.tmp_path, self.path)
-        except BaseException:
+        except BaseException as exc:
             self.tmp_path.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and not isinstance(exc, WriterError):
+                raise cannot_write(self.path, exc) from exc
             raise
         return self.path
 
@@ -96,7 +111,8 @@ class _AtomicFile:
             return
         self.closed = True
         try:
-            self._release()
+            with contextlib.suppress(OSError):
+                self._release()
         finally:
             self.tmp_path.unlink(missing_ok=True)
 
@@ -150,13 +166,25 @@ class VideoWriter(_AtomicFile):
         if (width, height) != self.size:
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
         assert self._writer is not None
-        self._writer.write(image)
+        with opencv_quiet():
+            self._writer.write(image)
         self.frames_written += 1
 
     def _release(self) -> None:
         if self._writer is not None:
-            self._writer.release()
+            with opencv_quiet():
+                self._writer.release()
             self._writer = None
+
+    def _check(self) -> None:
+        with opencv_quiet():
+            capture = cv2.VideoCapture(str(self.tmp_path), cv2.CAP_FFMPEG)
+            frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+            capture.release()
+        if frames != self.frames_written:
+            raise WriterError(
+                f"{self.path}: video incomplete, {frames} of {self.frames_written} frames readable (disk full?)"
+            )
 
     def close(self) -> Path:
         if not self.closed and self.frames_written == 0:
@@ -191,6 +219,12 @@ class CsvWriter(_AtomicFile):
     def write(self, result: FrameResult) -> None:
         if self.closed:
             raise WriterError(f"{self.path}: writer already closed")
+        try:
+            self._write_rows(result)
+        except OSError as exc:
+            raise cannot_write(self.path, exc) from exc
+
+    def _write_rows(self, result: FrameResult) -> None:
         frame = result.frame
         for face in result.faces:
             det = face.detection

@@ -179,6 +179,37 @@ def _edit_sidecar(artifact: Path, /, **changes: object) -> None:
     sidecar_path(artifact).write_text(json.dumps(data))
 
 
+def test_edited_weights_metadata_gets_its_own_compiled_model(
+    cache_dir: Path, onnx_paths: dict[str, Path], public_test: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    weights = tmp_path / "reversed.safetensors"
+    shutil.copy(default_weights_path(), weights)
+    metadata = json.loads(default_weights_path().with_suffix(".json").read_text())
+    metadata["model"]["classes"] = metadata["classes"] = metadata["classes"][::-1]
+    weights.with_suffix(".json").write_text(json.dumps(metadata))
+
+    reference = TorchPredictor(weights)
+    compiled = OrtPredictor(weights=weights, cache_dir=cache_dir, threads=1)
+    assert compiled.model_path != onnx_paths["fp32"], "same tensors, other metadata: another cache entry"
+    assert compiled.classes == reference.classes == tuple(metadata["classes"])
+    faces = public_test[0][:64]
+    assert (compiled.predict(faces).argmax(1) == reference.predict(faces).argmax(1)).all()
+    assert OrtPredictor(weights=None, cache_dir=cache_dir).model_path == onnx_paths["fp32"], "the original stays cached"
+    with pytest.raises(EngineMismatchError) as stale:
+        OrtPredictor(onnx_paths["fp32"], weights=weights)
+    assert "classes" in _one_line(stale)
+
+
+def test_first_compile_prints_no_exporter_chatter(tmp_path: Path) -> None:
+    net = LeafNet(ModelConfig(backbone="resnet-xs"))
+    weights = save_weights(net, tmp_path / "xs.safetensors", WeightsMetadata(model=net.config))
+    command = [sys.executable, "-m", "leaf_fer", "compile", "--weights", str(weights), "--output", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = (result.stderr + result.stdout).splitlines()
+    assert len(lines) == 3 and lines[0].startswith("compiling FP32 ONNX"), lines
+
+
 def test_bad_artifacts_are_refused_with_one_line_errors(onnx_paths: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(EngineError) as missing:
         OrtPredictor(tmp_path / "absent.onnx")

@@ -20,6 +20,7 @@ from leaf_fer.engines.artifacts import (
     TrtEnvironment,
     artifact_filename,
     cache_key,
+    config_key,
     check_compatible,
     load_artifact,
     read_sidecar,
@@ -72,8 +73,12 @@ def test_cache_key_changes_with_every_component() -> None:
         cache_key("abcd", "onnx"),
     ]
     assert len({base, *variants}) == len(variants) + 1
-    name = artifact_filename("abcd", "tensorrt", max_batch=16, env=H100)
-    assert name.startswith("leaf_fer-abcd-trt10.9.0.34-nvidia-h100-80gb-hbm3-b16-") and name.endswith(f"{base}.engine")
+    model = {"classes": ["a", "b"]}
+    name = artifact_filename("abcd", "tensorrt", model=model, max_batch=16, env=H100)
+    assert name.startswith(f"leaf_fer-abcd-{config_key(model)}-trt10.9.0.34-nvidia-h100-80gb-hbm3-b16-")
+    assert name.endswith(f"{base}.engine")
+    reversed_classes = artifact_filename("abcd", "tensorrt", model={"classes": ["b", "a"]}, max_batch=16, env=H100)
+    assert reversed_classes != name, "an edit of the weights' JSON metadata is another engine"
 
 
 def test_build_plan_uses_the_fp16_flag_on_trt10_and_strong_typing_on_trt11() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import shutil
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +17,10 @@ import pytest
 from realtime_media import FACE_NOFACE_EMPTY_FRAMES, FACE_NOFACE_FACE_FRAMES, media_file
 
 from leaf_fer.realtime import commands
-from leaf_fer.realtime.annotate import FORMAT, annotate_inputs, output_stems
+from leaf_fer.realtime.annotate import FORMAT, _FaceKeeper, annotate_inputs, output_names
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
-from leaf_fer.realtime.writers import csv_columns
+from leaf_fer.realtime.types import Detection, FacePrediction, Frame, FrameResult, StageTimings
+from leaf_fer.realtime.writers import WriterError, csv_columns
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +128,14 @@ def test_saved_faces_become_unlabeled_training_data(tmp_path: Path, pipeline: Pi
     assert faces.shape == (len(expected), 48, 48)
     (again,) = annotate_inputs([clip], tmp_path, pipeline=pipeline, progress=False, save_faces_every=10)
     assert again.status == "skipped"
-    (other,) = annotate_inputs([clip], tmp_path, pipeline=pipeline, progress=False)
-    assert other.status == "done", "different face-saving settings redo the input"
-    assert not (folder / "face_noface.faces.npz").exists()
+    saved = (folder / "face_noface.faces.npz").read_bytes()
+    (plain,) = annotate_inputs([clip], tmp_path, pipeline=pipeline, progress=False)
+    assert plain.status == "skipped", "a result with faces serves a run that does not ask for them"
+    assert (folder / "face_noface.faces.npz").read_bytes() == saved
+    (other,) = annotate_inputs([clip], tmp_path, pipeline=pipeline, progress=False, save_faces_every=20)
+    assert other.status == "done", "another face-saving step redoes the input"
+    with np.load(folder / "face_noface.faces.npz") as resaved:
+        assert sorted(resaved["frame"].tolist()) == [f for f in expected if f % 20 == 0]
 
 
 def test_bad_inputs_are_reported_and_others_still_done(tmp_path: Path, pipeline: Pipeline) -> None:
@@ -143,18 +151,18 @@ def test_bad_inputs_are_reported_and_others_still_done(tmp_path: Path, pipeline:
     (out / "blocked").parent.mkdir(parents=True)
     (out / "blocked").write_text("a file where the output folder should go")
     shutil.copy(media_file("single_face.jpg"), inputs / "blocked.jpg")
+    blocked_name = f"blocked-{hashlib.sha256(str((inputs / 'blocked.jpg').resolve()).encode()).hexdigest()[:8]}"
     outcomes = {o.input.name: o for o in annotate_inputs([inputs, no_face], out, pipeline=pipeline, progress=False)}
 
     assert outcomes["good.mp4"].status == "done"
     assert (out / "good" / "good.json").is_file()
     assert outcomes["no_face.mp4"].status == "done" and outcomes["no_face.mp4"].warnings == ["no faces found"]
     assert _rows(out / "no_face" / "no_face.csv") == []
-    expected = {
-        "zero.mp4": "empty file",
-        "text.mp4": "cannot open as a video",
-        "noframes.avi": "no frames",
-        "blocked.jpg": "not writable",
-    }
+    blocked = outcomes["blocked.jpg"]
+    assert blocked.status == "done" and blocked.outputs is not None and blocked.outputs.folder == out / blocked_name
+    assert f"{out / 'blocked'} holds other files" in blocked.line()
+    assert (out / "blocked").read_text() == "a file where the output folder should go"
+    expected = {"zero.mp4": "empty file", "text.mp4": "cannot open as a video", "noframes.avi": "no frames"}
     for name, message in expected.items():
         outcome = outcomes[name]
         assert outcome.status == "failed" and message in outcome.message, (name, outcome.message)
@@ -164,14 +172,12 @@ def test_bad_inputs_are_reported_and_others_still_done(tmp_path: Path, pipeline:
         assert not folder.exists() or not any(folder.iterdir()), "a failed input leaves no output"
 
 
-def test_unwritable_output_folder_fails_each_file_clearly(tmp_path: Path, pipeline: Pipeline) -> None:
+def test_unwritable_output_folder_is_one_clear_error(tmp_path: Path, pipeline: Pipeline) -> None:
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x")
-    outcomes = annotate_inputs(
-        [media_file("single_face.mp4"), media_file("single_face.jpg")], blocker / "out", pipeline=pipeline, progress=False
-    )
-    assert [o.status for o in outcomes] == ["failed", "failed"]
-    assert all("not writable" in o.message for o in outcomes)
+    with pytest.raises(WriterError, match="not writable") as refused:
+        annotate_inputs([media_file("single_face.mp4"), media_file("single_face.jpg")], blocker / "out", pipeline=pipeline)
+    assert "\n" not in str(refused.value)
 
 
 def test_cli_exit_status_and_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -188,6 +194,85 @@ def test_cli_exit_status_and_messages(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (tmp_path / "o" / "single_face" / "single_face.annotated.png").is_file()
 
 
-def test_output_names_do_not_collide() -> None:
-    paths = [Path("a/x.mp4"), Path("b/x.mov"), Path("c/y.mp4"), Path("d/x.mp4")]
-    assert output_stems(paths) == ["x_mp4", "x_mov", "y", "x_mp4_2"]
+def _digest(path: Path) -> str:
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+
+
+def test_output_names_are_unique_per_input_and_stable(tmp_path: Path) -> None:
+    paths = [tmp_path / "a" / "x.mp4", tmp_path / "b" / "x.mov", tmp_path / "c" / "y.mp4", tmp_path / "a" / "x.mp4"]
+    names = [name for name, _ in output_names(paths, tmp_path / "out")]
+    assert names == ["x", f"x-{_digest(paths[1])}", "y", "x"]
+    assert output_names(paths[1:], tmp_path / "out")[0] == ("x", ""), "free names are taken plainly"
+
+
+def test_same_named_inputs_from_other_folders_never_replace_each_other(tmp_path: Path, pipeline: Pipeline) -> None:
+    day_a, day_b, out = tmp_path / "dayA" / "clip.mp4", tmp_path / "dayB" / "clip.mp4", tmp_path / "out"
+    for clip, source in ((day_a, "single_face.mp4"), (day_b, "no_face.mp4")):
+        clip.parent.mkdir()
+        shutil.copy(media_file(source), clip)
+    (first,) = annotate_inputs([day_a], out, pipeline=pipeline, progress=False)
+    assert first.status == "done" and first.outputs is not None and first.outputs.folder == out / "clip"
+    kept = {p.name: p.read_bytes() for p in (out / "clip").iterdir()}
+
+    (second,) = annotate_inputs([day_b], out, pipeline=pipeline, progress=False)
+    assert second.status == "done" and second.outputs is not None
+    assert second.outputs.folder == out / f"clip-{_digest(day_b)}"
+    assert f"note: {out / 'clip'} holds {day_a.resolve()}" in second.line()
+    assert {p.name: p.read_bytes() for p in (out / "clip").iterdir()} == kept, "dayA's result untouched"
+    assert json.loads(second.outputs.summary.read_text())["input"] == str(day_b.resolve())
+
+    again = annotate_inputs([day_b, day_a], out, pipeline=pipeline, progress=False)
+    assert [(o.status, o.outputs.folder.name if o.outputs else "") for o in again] == [
+        ("skipped", f"clip-{_digest(day_b)}"),
+        ("skipped", "clip"),
+    ], "names are stable across runs, whatever the order"
+
+    beside = day_a.with_suffix(".mov")
+    shutil.copy(media_file("single_face.mp4"), beside)
+    grown = {o.input.name: o for o in annotate_inputs([day_a.parent], out, pipeline=pipeline, progress=False)}
+    assert grown["clip.mp4"].status == "skipped" and grown["clip.mp4"].outputs.folder == out / "clip"
+    assert grown["clip.mov"].status == "done" and grown["clip.mov"].outputs.folder == out / f"clip-{_digest(beside)}"
+
+
+def test_an_input_named_dot_dot_stays_inside_the_output_folder(tmp_path: Path, pipeline: Pipeline) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    shutil.copy(media_file("single_face.mp4"), inputs / "...mp4")
+    (outcome,) = annotate_inputs([inputs], out, pipeline=pipeline, progress=False)
+    assert outcome.status == "done", outcome.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"], "nothing written beside the output folder"
+    assert sorted(p.name for p in inputs.iterdir()) == ["...mp4"]
+    assert outcome.outputs is not None and outcome.outputs.folder == out / "input"
+    assert (out / "input" / "input.annotated.mp4").is_file()
+
+
+def test_urls_are_refused_intact_with_credentials_redacted(tmp_path: Path, pipeline: Pipeline) -> None:
+    url = "rtsp://viewer:s3cr@t@127.0.0.1:9/live/cam.mp4"
+    (outcome,) = annotate_inputs([url], tmp_path / "out", pipeline=pipeline, progress=False)
+    assert outcome.status == "failed"
+    assert outcome.line().startswith("failed: rtsp://***@127.0.0.1:9/live/cam.mp4: a stream URL")
+    assert "s3cr" not in outcome.line() and "viewer" not in outcome.line() and "\n" not in outcome.line()
+
+
+def test_saved_faces_stream_to_disk_with_flat_memory(tmp_path: Path) -> None:
+    detection = Detection((0, 0, 10, 10), 0.9, np.zeros((6, 2), np.float32))
+    probs = np.full(8, 0.125, np.float32)
+    faces = [FacePrediction(track, detection, probs, probs) for track in (1, 2, 3)]
+    crops = np.random.default_rng(0).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    keeper = _FaceKeeper(1, tmp_path / "x.faces.npz", 48)
+    tracemalloc.start()
+    try:
+        for index in range(1000):
+            crops[:, 0, 0] = index % 256
+            keeper.add(FrameResult(Frame(index, index / 30, crops), faces, ("a",) * 8, StageTimings(), crops=crops))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, f"{peak} bytes held for 3000 crops ({3000 * 48 * 48} bytes of pixels)"
+    keeper.save()
+    assert [p.name for p in tmp_path.iterdir()] == ["x.faces.npz"], "the record file is gone once packed"
+    with np.load(tmp_path / "x.faces.npz") as saved:
+        assert saved["images"].shape == (3000, 48, 48) and saved["images"].dtype == np.uint8
+        assert saved["frame"].tolist() == [i for i in range(1000) for _ in range(3)]
+        assert saved["track_id"].tolist() == [1, 2, 3] * 1000
+        assert saved["images"][-1, 0, 0] == 999 % 256 and (saved["images"][-1, 1:] == crops[2, 1:]).all()

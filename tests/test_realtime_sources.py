@@ -188,3 +188,11 @@ def test_video_file_played_live_keeps_its_pace() -> None:
     elapsed = time.perf_counter() - started
     assert elapsed > 72 / 30 * 0.8, "played at its frame rate, not as fast as decoding allows"
     assert frames[-1].index == 71
+
+
+def test_stream_errors_redact_every_credential() -> None:
+    with pytest.raises(SourceError) as refused:
+        open_source("rtsp://viewer:p@ss@127.0.0.1:9/live?token=a@b", stall_timeout_s=1)
+    message = str(refused.value)
+    assert message.startswith("rtsp://***@127.0.0.1:9/live?token=a@b: cannot open stream")
+    assert "viewer" not in message and "p@ss" not in message and "ss@" not in message
