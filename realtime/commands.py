@@ -20,11 +20,35 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
         choices=("short", "full"),
         help="short: faces within ~2 m, fastest (default); full: up to ~5 m, group shots",
     )
+    parser.add_argument(
+        "--no-fallback-detector",
+        dest="fallback_detector",
+        action="store_false",
+        help="MediaPipe only: no second look with OpenCV's YuNet on frames where MediaPipe finds no face",
+    )
     parser.add_argument("--min-confidence", type=float, default=0.65, help="minimum face detection score (default 0.65)")
     parser.add_argument(
         "--smoothing", type=float, default=0.7, help="EMA weight of each track's past probabilities, 0 = off (default 0.7)"
     )
     parser.add_argument("--max-faces", type=int, default=8, help="at most this many faces per frame (default 8)")
+
+
+def pipeline_config(args: argparse.Namespace, **overrides: object):
+    """The :class:`PipelineConfig` of :func:`add_pipeline_options`' flags, validated."""
+    from .pipeline import PipelineConfig
+
+    config = PipelineConfig(
+        weights=args.weights,
+        backend=args.backend,
+        detector_range=args.detector_range,
+        fallback_detector=args.fallback_detector,
+        min_detection_confidence=args.min_confidence,
+        smoothing_alpha=args.smoothing,
+        max_faces=args.max_faces,
+        **overrides,
+    )
+    config.validate()
+    return config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,17 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_annotate(args: argparse.Namespace) -> int:
     from .annotate import AnnotateOutcome, annotate_inputs, sample_video
-    from .pipeline import PipelineConfig
 
-    config = PipelineConfig(
-        weights=args.weights,
-        backend=args.backend,
-        detector_range=args.detector_range,
-        min_detection_confidence=args.min_confidence,
-        smoothing_alpha=args.smoothing,
-        max_faces=args.max_faces,
-    )
-    config.validate()
+    config = pipeline_config(args)
     if args.save_faces < 0:
         raise ValueError(f"--save-faces must be 0 (off) or a positive frame step, got {args.save_faces}")
 

@@ -1,4 +1,5 @@
-"""Face detection with MediaPipe Tasks' ``FaceDetector`` (BlazeFace short- or full-range model shipped in assets/)."""
+"""Face detection: MediaPipe Tasks' ``FaceDetector`` (BlazeFace short- or full-range model), OpenCV's YuNet, and the
+cascade the pipeline uses: MediaPipe first, YuNet on what MediaPipe misses (all models shipped in assets/)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from contextlib import contextmanager
 from importlib import resources
 from typing import Literal
 
+import cv2
 import numpy as np
 from mediapipe import Image, ImageFormat
 from mediapipe.tasks.python import BaseOptions, vision
@@ -22,6 +24,17 @@ MODEL_FILES: dict[str, str] = {
     "short": "face_detection_short_range.tflite",
     "full": "face_detection_full_range_sparse.tflite",
 }
+YUNET_MODEL_FILE = "face_detection_yunet_2023mar.onnx"
+YUNET_MAX_SIDE = 640
+"""YuNet runs on a copy whose longer side is at most this (its export's native 640x640): cost stays ~10 ms per frame."""
+YUNET_MIN_SIDE = 160
+"""Smaller images are upscaled to this longer side first: YuNet misses 21% of FER2013's 48x48 faces at their size
+and 3% at 3x (``benchmarks/detectors.py``)."""
+YUNET_EYE_DROP = 0.073
+YUNET_MOUTH_DROP = 0.125
+"""How far below YuNet's eye points and mouth-corner midpoint MediaPipe places its eye and mouth keypoints, in
+inter-ocular distances (medians over 200 faces both found, ``benchmarks/detectors.py``): YuNet's points are moved
+there, so the aligner (whose geometry was measured with MediaPipe) frames a face alike whichever detector found it."""
 KEYPOINT_NAMES: tuple[str, ...] = ("right_eye", "left_eye", "nose", "mouth", "right_ear", "left_ear")
 WARMUP_CALLS = 8
 """Blank detections run while a model loads (stderr hidden): they take the first-call cost, and they make LiteRT's
@@ -29,11 +42,15 @@ once-per-process "input tensor memory is not aligned" warning, which depends on 
 allocated, fire there rather than on a user's first frame."""
 
 
+def asset_bytes(name: str) -> bytes:
+    return (resources.files("leaf_fer.realtime") / "assets" / name).read_bytes()
+
+
 def model_bytes(detector_range: DetectorRange) -> bytes:
     """The shipped .tflite model for ``"short"`` (faces within ~2 m) or ``"full"`` (up to ~5 m, group shots)."""
     if detector_range not in MODEL_FILES:
         raise ValueError(f"detector range must be one of {sorted(MODEL_FILES)}, got {detector_range!r}")
-    return (resources.files("leaf_fer.realtime") / "assets" / MODEL_FILES[detector_range]).read_bytes()
+    return asset_bytes(MODEL_FILES[detector_range])
 
 
 @contextmanager
@@ -148,6 +165,108 @@ class FaceDetector:
                 task.close()
 
     def __enter__(self) -> "FaceDetector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class YuNetDetector:
+    """OpenCV's YuNet (``cv2.FaceDetectorYN``) → :class:`Detection`, best first, on RGB uint8 frames.
+
+    YuNet gives five landmarks (eyes, nose tip, mouth corners); they become the six MediaPipe keypoints the aligner
+    reads: the mouth is the corners' midpoint and each ear tragion is placed where the box edge meets the eye line.
+    Frames whose longer side exceeds :data:`YUNET_MAX_SIDE` are detected on a downscaled copy, images smaller than
+    :data:`YUNET_MIN_SIDE` on an upscaled one. A new frame size costs one network reshape (~0.1-0.4 s), once.
+    """
+
+    def __init__(self, min_confidence: float = 0.6, max_faces: int | None = None, min_suppression: float = 0.3) -> None:
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min detection confidence must be in [0, 1], got {min_confidence}")
+        self.max_faces = max_faces
+        self._net = cv2.FaceDetectorYN.create(
+            "onnx", np.frombuffer(asset_bytes(YUNET_MODEL_FILE), np.uint8), np.zeros(0, np.uint8), (320, 320),
+            min_confidence, min_suppression, 5000)
+        self._bgr: np.ndarray | None = None
+
+    def warmup(self, video: bool = True) -> None:
+        self.detect(np.zeros((240, 320, 3), np.uint8))
+
+    def detect(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Detection]:
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {rgb.dtype} {rgb.shape}")
+        height, width = rgb.shape[:2]
+        longer = max(height, width)
+        scale = YUNET_MAX_SIDE / longer if longer > YUNET_MAX_SIDE else max(1.0, YUNET_MIN_SIDE / longer)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+        small = rgb if scale == 1.0 else cv2.resize(rgb, size, interpolation=interpolation)
+        if self._bgr is None or self._bgr.shape != small.shape:
+            self._bgr = np.empty_like(small)
+        cv2.cvtColor(small, cv2.COLOR_RGB2BGR, dst=self._bgr)
+        self._net.setInputSize(size)
+        _, faces = self._net.detect(self._bgr)
+        detections = [self._convert(row, scale, width, height) for row in ([] if faces is None else faces)]
+        detections.sort(key=lambda d: d.score, reverse=True)
+        return detections[: self.max_faces] if self.max_faces else detections
+
+    @staticmethod
+    def _convert(row: np.ndarray, scale: float, width: int, height: int) -> Detection:
+        x, y, w, h = (float(v) / scale for v in row[:4])
+        right_eye, left_eye, nose, mouth_right, mouth_left = row[4:14].reshape(5, 2).astype(np.float64) / scale
+        eye_vec = left_eye - right_eye
+        down = np.array([-eye_vec[1], eye_vec[0]])
+        right_eye, left_eye = right_eye + YUNET_EYE_DROP * down, left_eye + YUNET_EYE_DROP * down
+        mouth = (mouth_right + mouth_left) / 2.0 + YUNET_MOUTH_DROP * down
+        eye_y = (right_eye[1] + left_eye[1]) / 2.0
+        keypoints = np.array([right_eye, left_eye, nose, mouth, (x, eye_y), (x + w, eye_y)], dtype=np.float32)
+        x1, y1 = min(max(x, 0.0), width - 1.0), min(max(y, 0.0), height - 1.0)
+        x2, y2 = min(max(x + w, x1 + 1.0), float(width)), min(max(y + h, y1 + 1.0), float(height))
+        return Detection(box=(x1, y1, x2, y2), score=float(row[14]), keypoints=keypoints)
+
+    def close(self) -> None:
+        self._net = None
+
+    def __enter__(self) -> "YuNetDetector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class CascadeDetector:
+    """The pipeline's detector: MediaPipe (``detector_range``) first; on a frame where it finds no face, YuNet.
+
+    MediaPipe's short-range model misses faces that fill the frame, small or dark faces and group photos; YuNet finds
+    them (``benchmarks/detectors.py``) and costs nothing on frames where MediaPipe already found a face. ``fallback``
+    False leaves MediaPipe alone. ``last_detector`` names who found the faces of the latest frame.
+    """
+
+    def __init__(self, detector_range: DetectorRange = "short", min_confidence: float = 0.65,
+                 max_faces: int | None = None, fallback: bool = True) -> None:
+        self.primary = FaceDetector(detector_range, min_confidence, max_faces=max_faces)
+        self.fallback = YuNetDetector(max_faces=max_faces) if fallback else None
+        self.last_detector = "mediapipe"
+
+    def warmup(self, video: bool = True) -> None:
+        self.primary.warmup(video)
+        if self.fallback is not None:
+            self.fallback.warmup(video)
+
+    def detect(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Detection]:
+        detections = self.primary.detect(rgb, timestamp_ms)
+        self.last_detector = "mediapipe"
+        if not detections and self.fallback is not None:
+            detections = self.fallback.detect(rgb)
+            self.last_detector = "yunet"
+        return detections
+
+    def close(self) -> None:
+        self.primary.close()
+        if self.fallback is not None:
+            self.fallback.close()
+
+    def __enter__(self) -> "CascadeDetector":
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,7 +28,7 @@ from .annotators import (
     LabelAnnotator,
     ProbabilityBarsAnnotator,
 )
-from .detector import MODEL_FILES, FaceDetector
+from .detector import MODEL_FILES, CascadeDetector
 from .smoothing import ProbabilitySmoother
 from .tracker import Tracker
 from .types import FacePrediction, Frame, FrameResult, StageTimings
@@ -41,7 +41,8 @@ BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
 class PipelineConfig:
     """Everything that shapes the pipeline's output; the defaults suit a webcam or a close-up video.
 
-    ``min_detection_confidence`` 0.65: real faces in the test clips score 0.88-0.97 with the short-range model,
+    ``fallback_detector``: where MediaPipe finds no face, OpenCV's YuNet looks again (faces that fill the frame, small,
+    dark or group shots). ``min_detection_confidence`` 0.65: real faces in the test clips score 0.88-0.97 with the short-range model,
     while an animated title scores up to 0.61. ``threads``: CPU threads for inference (0 = the backend's default);
     one thread keeps per-frame latency steady, since a batch of a few 48x48 faces gains little from more and an
     OpenMP team competing with other busy cores stalls for tens to hundreds of milliseconds.
@@ -50,6 +51,7 @@ class PipelineConfig:
     weights: str | os.PathLike[str] | None = None
     backend: str = "auto"
     detector_range: str = "short"
+    fallback_detector: bool = True
     min_detection_confidence: float = 0.65
     smoothing_alpha: float = 0.7
     max_faces: int = 8
@@ -107,9 +109,8 @@ class Pipeline:
         self._crops = np.zeros((self.config.max_faces, size, size), dtype=np.uint8)
         try:
             self.predictor.predict(self._crops[:1])
-            self.detector = FaceDetector(
-                self.config.detector_range, self.config.min_detection_confidence, max_faces=self.config.max_faces
-            )
+            self.detector = CascadeDetector(self.config.detector_range, self.config.min_detection_confidence,
+                                            max_faces=self.config.max_faces, fallback=self.config.fallback_detector)
             self.detector.warmup()
         except BaseException:
             if self._owns_predictor:

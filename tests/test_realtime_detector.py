@@ -13,7 +13,8 @@ from realtime_media import (
     media_file,
 )
 
-from leaf_fer.realtime.detector import FaceDetector, model_bytes
+from leaf_fer.realtime.align import align_faces
+from leaf_fer.realtime.detector import CascadeDetector, FaceDetector, YuNetDetector, model_bytes
 from leaf_fer.realtime.sources import open_source, read_image
 
 
@@ -100,3 +101,36 @@ def test_video_timestamps_may_restart() -> None:
 def test_rejects_non_rgb() -> None:
     with FaceDetector("short") as detector, pytest.raises(ValueError, match="RGB uint8"):
         detector.detect(np.zeros((10, 10), np.uint8))
+
+
+def test_group_photo_missed_by_mediapipe_is_found_by_the_yunet_fallback() -> None:
+    rgb = _rgb(read_image(media_file("multi_face.jpg")))
+    with CascadeDetector("short", fallback=False) as mediapipe_only:
+        assert mediapipe_only.detect(rgb) == []
+    with CascadeDetector("short") as cascade:
+        detections = cascade.detect(rgb)
+        assert cascade.last_detector == "yunet"
+    for centre in MULTI_FACE_JPG_FACE_CENTRES:
+        assert sum(_contains(d.box, centre) for d in detections) == 1
+
+
+def test_yunet_keypoints_are_moved_where_mediapipe_puts_them() -> None:
+    image = read_image(media_file("single_face.jpg"))
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    with FaceDetector("short") as mediapipe, YuNetDetector() as yunet:
+        a, b = mediapipe.detect(_rgb(image)), yunet.detect(_rgb(image))
+    assert len(a) == len(b) == 1 and _contains(b[0].box, SINGLE_FACE_JPG_FACE_CENTRE)
+    for point in range(4):
+        assert np.linalg.norm(a[0].keypoints[point] - b[0].keypoints[point]) < 0.2 * np.linalg.norm(
+            a[0].keypoints[1] - a[0].keypoints[0]), f"keypoint {point}"
+    crops = [align_faces(gray, d, 48)[0].astype(float) for d in (a, b)]
+    assert np.abs(crops[0] - crops[1]).mean() < 20
+
+
+def test_tight_crop_and_blank_frame() -> None:
+    image = read_image(media_file("single_face.jpg"))
+    x, y = SINGLE_FACE_JPG_FACE_CENTRE
+    tight = np.ascontiguousarray(_rgb(image)[y - 110:y + 110, x - 90:x + 90])
+    with CascadeDetector("short") as cascade:
+        assert len(cascade.detect(tight)) == 1
+        assert cascade.detect(np.zeros((360, 640, 3), np.uint8)) == []

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .augment import strong_augment, weak_augment
+from .augment import domain_augment, strong_augment, weak_augment
 from .losses import category_level_loss, contrastive_loss, soft_cross_entropy
 from .model import LeafNet
 
@@ -44,10 +44,13 @@ class Algorithm:
     uses_unlabeled = False
     threshold_floor = 0.8
 
-    def __init__(self, net: LeafNet, num_classes: int, autocast: bool = True, confidence_ceiling: float = 1.0) -> None:
+    def __init__(self, net: LeafNet, num_classes: int, autocast: bool = True, confidence_ceiling: float = 1.0,
+                 logit_adjustment: torch.Tensor | None = None, labeled_view=weak_augment) -> None:
         if not 0.0 < confidence_ceiling <= 1.0:
             raise ValueError(f"confidence ceiling must be in (0, 1], got {confidence_ceiling}")
         self.net = net
+        self.logit_adjustment = logit_adjustment
+        self.labeled_view = labeled_view
         self.num_classes = num_classes
         self.autocast = autocast
         self.confidence_ceiling = confidence_ceiling
@@ -72,6 +75,13 @@ class Algorithm:
         finally:
             for m, momentum in zip(self.batch_norms, momenta):
                 m.momentum = momentum
+
+    def labeled_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Soft-target cross-entropy; with ``logit_adjustment`` (τ·log prior, Menon et al. 2021) added to the logits
+        in training only, so that the deployed logits are not biased toward the frequent classes (neutral)."""
+        if self.logit_adjustment is not None:
+            logits = logits.float() + self.logit_adjustment.to(logits.device)
+        return soft_cross_entropy(logits, targets)
 
     def train_step(self, labeled: Batch, unlabeled: Batch | None) -> StepResult:
         raise NotImplementedError
@@ -100,8 +110,8 @@ class Supervised(Algorithm):
     name = "supervised"
 
     def train_step(self, labeled: Batch, unlabeled: Batch | None) -> StepResult:
-        out = self.forward(weak_augment(labeled.images))
-        loss = soft_cross_entropy(out.logits, labeled.targets)
+        out = self.forward(self.labeled_view(labeled.images))
+        loss = self.labeled_loss(out.logits, labeled.targets)
         return StepResult(loss, scalars(loss_x=loss))
 
 
@@ -116,10 +126,10 @@ class FixMatch(Algorithm):
     def train_step(self, labeled: Batch, unlabeled: Batch | None) -> StepResult:
         assert unlabeled is not None
         n_l = len(labeled.images)
-        out = self.forward(torch.cat([weak_augment(labeled.images), weak_augment(unlabeled.images)]))
+        out = self.forward(torch.cat([self.labeled_view(labeled.images), weak_augment(unlabeled.images)]))
         logits_l, logits_w = out.logits[:n_l], out.logits[n_l:]
         logits_s = self.forward_strong(strong_augment(unlabeled.images)).logits
-        loss_x = soft_cross_entropy(logits_l, labeled.targets)
+        loss_x = self.labeled_loss(logits_l, labeled.targets)
         probs = torch.softmax(logits_w.detach().float(), dim=-1)
         confidence, pseudo = probs.max(dim=-1)
         mask = (confidence >= self.fixed_threshold * self.confidence_ceiling).float()
@@ -160,8 +170,9 @@ class Leaf(Algorithm):
     def __init__(self, net: LeafNet, num_classes: int, autocast: bool = True, confidence_ceiling: float = 1.0,
                  category_level: bool = True, weight_x: float = LEAF_LABELED_WEIGHT, weight_u: float = 1.0,
                  weight_s: float = LEAF_CONTRASTIVE_WEIGHT, temperature: float = LEAF_CONTRASTIVE_TEMPERATURE,
-                 labeled_prior: torch.Tensor | None = None, rank_below_threshold: bool = False) -> None:
-        super().__init__(net, num_classes, autocast, confidence_ceiling)
+                 labeled_prior: torch.Tensor | None = None, rank_below_threshold: bool = False,
+                 logit_adjustment: torch.Tensor | None = None, labeled_view=weak_augment) -> None:
+        super().__init__(net, num_classes, autocast, confidence_ceiling, logit_adjustment, labeled_view)
         self.category_level = category_level
         self.rank_below_threshold = rank_below_threshold
         self.labeled_prior = None if labeled_prior is None else labeled_prior.float() / labeled_prior.sum()
@@ -172,13 +183,13 @@ class Leaf(Algorithm):
     def train_step(self, labeled: Batch, unlabeled: Batch | None) -> StepResult:
         assert unlabeled is not None
         n_l, n_u = len(labeled.images), len(unlabeled.images)
-        weak = [weak_augment(labeled.images), weak_augment(unlabeled.images), weak_augment(unlabeled.images)]
+        weak = [self.labeled_view(labeled.images), weak_augment(unlabeled.images), weak_augment(unlabeled.images)]
         out = self.forward(torch.cat(weak))
         logits_l = out.logits[:n_l]
         logits_w1, logits_w2 = out.logits[n_l:].split(n_u)
         emb_w1, emb_w2 = out.embedding[n_l:].split(n_u)
         logits_s = self.forward_strong(strong_augment(unlabeled.images)).logits
-        loss_x = soft_cross_entropy(logits_l, labeled.targets)
+        loss_x = self.labeled_loss(logits_l, labeled.targets)
         probs = (torch.softmax(logits_w1.detach().float(), -1) + torch.softmax(logits_w2.detach().float(), -1)) / 2
         if self.labeled_prior is not None:
             probs = self.align(probs)

@@ -1,7 +1,12 @@
-"""Face datasets from the public formats: our npz files, the fer2013.csv + fer2013new.csv pair, image folders.
+"""Face datasets from the public formats: our npz files, the fer2013.csv + fer2013new.csv pair, class folders, a
+labels CSV (file, label, optional vote shares), RAF-DB's list file + images, and AffectNet-style CSVs (file,
+expression id, face box).
 
-Every loader returns a :class:`FaceData`: uint8 grayscale images [N, 48, 48] with FER+ vote counts and/or FER2013
-labels. :func:`targets_for` turns those into soft training targets and hard labels for one class set.
+Every loader returns a :class:`FaceData`: uint8 grayscale images [N, 48, 48] with FER+ vote counts, FER2013 labels
+or soft label distributions. Full-size images go through the live pipeline's detector and aligner
+(``realtime/face_crops.py``, cached), so the model trains on the crops it sees at inference; images no larger than
+:data:`FACE_CROP_MAX_SIDE` are taken as face crops already. :func:`targets_for` turns the annotation into soft
+training targets and hard labels for one class set.
 """
 
 from __future__ import annotations
@@ -18,6 +23,18 @@ import numpy as np
 from .model import FER2013_CLASSES, FERPLUS_CLASSES
 
 IMAGE_SIZE = 48
+FACE_CROP_MAX_SIDE = 64
+"""Images whose both sides are at most this are model-size face crops (FER2013 style): resized, not detected."""
+RAFDB_CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
+"""RAF-DB basic-emotion ids 1..7."""
+AFFECTNET_CLASSES = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt")
+"""AffectNet expression ids 0..7 (8 none, 9 uncertain, 10 no face are skipped)."""
+VOTE_SHARE_COLUMNS = {"vote_peace": "neutral", "vote_happy": "happiness", "vote_surprise": "surprise",
+                      "vote_sad": "sadness", "vote_angry": "anger", "vote_disgust": "disgust", "vote_fear": "fear",
+                      "vote_contempt": "contempt"}
+"""Observer vote-share columns a labels CSV may carry (TCCE's layout), by FER+ class."""
+POSED_LABEL_WEIGHT = 0.5
+"""With vote shares, the target is this much the file's label (posed or majority) and the rest the observers' votes."""
 FERPLUS_VOTE_COLUMNS = (*FERPLUS_CLASSES, "unknown", "NF")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm"}
 CLASS_SYNONYMS = {
@@ -44,11 +61,13 @@ class DataError(ValueError):
 
 @dataclass
 class FaceData:
-    """Images plus whatever annotation the source had (FER+ votes [N,10] and/or FER2013 labels [N])."""
+    """Images plus whatever annotation the source had: FER+ votes [N,10], FER2013 labels [N] and/or soft label
+    distributions [N,8] in FER+ class order."""
 
     images: np.ndarray
     ferplus_votes: np.ndarray | None = None
     fer2013_labels: np.ndarray | None = None
+    soft_labels: np.ndarray | None = None
     source: str = ""
 
     def __len__(self) -> int:
@@ -59,12 +78,13 @@ class FaceData:
             images=self.images[index],
             ferplus_votes=None if self.ferplus_votes is None else self.ferplus_votes[index],
             fer2013_labels=None if self.fer2013_labels is None else self.fer2013_labels[index],
+            soft_labels=None if self.soft_labels is None else self.soft_labels[index],
             source=self.source,
         )
 
     def content_hash(self) -> str:
         digest = hashlib.sha256(np.ascontiguousarray(self.images).tobytes())
-        for extra in (self.ferplus_votes, self.fer2013_labels):
+        for extra in (self.ferplus_votes, self.fer2013_labels, self.soft_labels):
             if extra is not None:
                 digest.update(np.ascontiguousarray(extra).tobytes())
         return digest.hexdigest()[:16]
@@ -191,47 +211,205 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
         return list(reader)
 
 
-def _read_face_image(file: Path) -> np.ndarray:
-    image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise DataError(f"{file}: not a readable image")
-    return _to_gray48(image, str(file))
+def class_index(name: str, where: str) -> int:
+    """FER+ index of a class name or common synonym (happy, sad, angry...)."""
+    canonical = CLASS_SYNONYMS.get(name.strip().lower())
+    if canonical is None:
+        raise DataError(f"{where}: unknown class {name!r}; expected one of {sorted(CLASS_SYNONYMS)}")
+    return FERPLUS_CLASSES.index(canonical)
+
+
+def image_folder_files(root: str | Path) -> tuple[list[Path], list[int]]:
+    """``root/<class>/*.png|jpg`` → files and FER+ class indices; hidden folders and files are skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found")
+    files: list[Path] = []
+    labels: list[int] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        index = class_index(folder.name, str(folder))
+        for file in sorted(folder.iterdir()):
+            if file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith("."):
+                files.append(file)
+                labels.append(index)
+    if not files:
+        raise DataError(f"{root}: no images found in class sub-folders")
+    return files, labels
+
+
+def face_images(files: list[Path], boxes: list | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Model-size face crops of image files and which files gave one. Small images (both sides ≤
+    :data:`FACE_CROP_MAX_SIDE`) are face crops already; the others go through the face pipeline (detector + aligner,
+    cached). Unreadable images and images without a face give no crop (``found`` False), with one line saying how many."""
+    from leaf_fer.realtime.face_crops import crop_files
+
+    crops = np.zeros((len(files), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    found = np.zeros(len(files), bool)
+    large: list[int] = []
+    for i, file in enumerate(files):
+        image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            continue
+        if max(image.shape) <= FACE_CROP_MAX_SIDE and boxes is None:
+            crops[i], found[i] = _to_gray48(image, str(file)), True
+        else:
+            large.append(i)
+    if large:
+        result = crop_files([files[i] for i in large], boxes=None if boxes is None else [boxes[i] for i in large],
+                            progress=progress)
+        crops[large], found[large] = result.crops, result.found
+    if not found.all():
+        print(f"{len(files) - int(found.sum())} of {len(files)} images skipped: unreadable or no face found")
+    return crops, found
+
+
+def _one_hot_votes(labels: np.ndarray) -> np.ndarray:
+    votes = np.zeros((len(labels), len(FERPLUS_VOTE_COLUMNS)), dtype=np.int64)
+    votes[np.arange(len(labels)), labels] = 1
+    return votes
 
 
 def load_image_folder(root: str | Path) -> FaceData:
     """``root/<class>/*.png|jpg``; class folder names are FER+/FER2013 class names or common synonyms (happy, sad...)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: folder not found")
-    images: list[np.ndarray] = []
-    labels: list[int] = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        name = CLASS_SYNONYMS.get(folder.name.lower())
-        if name is None:
-            raise DataError(f"{folder}: unknown class folder {folder.name!r}; expected one of {sorted(CLASS_SYNONYMS)}")
-        index = FERPLUS_CLASSES.index(name)
-        for file in sorted(folder.iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            images.append(_read_face_image(file))
-            labels.append(index)
-    if not images:
-        raise DataError(f"{root}: no images found in class sub-folders")
-    votes = np.zeros((len(labels), len(FERPLUS_VOTE_COLUMNS)), dtype=np.int64)
-    votes[np.arange(len(labels)), labels] = 1
-    return FaceData(images=np.stack(images), ferplus_votes=votes, source=str(root))
+    files, labels = image_folder_files(root)
+    crops, found = face_images(files)
+    if not found.any():
+        raise DataError(f"{root}: no face found in any image")
+    return FaceData(images=crops[found], ferplus_votes=_one_hot_votes(np.array(labels)[found]), source=str(root))
+
+
+def _resolve(base: Path, name: str) -> Path:
+    path = Path(name)
+    return path if path.is_absolute() else base / path
+
+
+def load_labels_csv(path: str | Path) -> FaceData:
+    """A labels CSV: ``file`` (relative to the CSV's folder, or absolute) and ``label`` (a class name) per row.
+
+    Vote-share columns (:data:`VOTE_SHARE_COLUMNS`, TCCE's layout) turn the target into a distribution: weight
+    :data:`POSED_LABEL_WEIGHT` on the label, the rest on the observers' normalised votes."""
+    path = Path(path)
+    _require_file(path)
+    rows = _read_csv(path, required=("file", "label"))
+    files = [_resolve(path.parent, row["file"]) for row in rows]
+    labels = np.array([class_index(row["label"], f"{path}: row {i + 2}") for i, row in enumerate(rows)])
+    soft = np.zeros((len(rows), len(FERPLUS_CLASSES)), np.float32)
+    soft[np.arange(len(rows)), labels] = 1.0
+    vote_columns = [c for c in VOTE_SHARE_COLUMNS if rows and c in rows[0]]
+    if vote_columns:
+        try:
+            votes = np.array([[float(row[c] or 0) for c in vote_columns] for row in rows], np.float32)
+        except ValueError as exc:
+            raise DataError(f"{path}: non-numeric vote share ({exc})") from exc
+        shares = np.zeros_like(soft)
+        for j, column in enumerate(vote_columns):
+            shares[:, FERPLUS_CLASSES.index(VOTE_SHARE_COLUMNS[column])] = votes[:, j]
+        total = shares.sum(axis=1, keepdims=True)
+        shares = np.where(total > 0, shares / np.maximum(total, 1e-6), soft)
+        soft = POSED_LABEL_WEIGHT * soft + (1 - POSED_LABEL_WEIGHT) * shares
+    crops, found = face_images(files)
+    if not found.any():
+        raise DataError(f"{path}: no face found in any image")
+    return FaceData(images=crops[found], soft_labels=soft[found], source=str(path))
+
+
+def labeled_files(path: str | Path) -> tuple[list[Path], list[int]]:
+    """Full-size labeled images for end-to-end evaluation: a class-folder tree or a labels CSV (``file``, ``label``)
+    → files and FER+ class indices."""
+    path = Path(path)
+    if path.is_dir():
+        return image_folder_files(path)
+    if path.suffix == ".csv":
+        _require_file(path)
+        rows = _read_csv(path, required=("file", "label"))
+        files = [_resolve(path.parent, row["file"]) for row in rows]
+        labels = [class_index(row["label"], f"{path}: row {i + 2}") for i, row in enumerate(rows)]
+        if not files:
+            raise DataError(f"{path}: no rows")
+        return files, labels
+    raise DataError(f"{path}: expected a folder with one sub-folder per class or a labels CSV (file, label)")
+
+
+def load_rafdb(list_file: str | Path) -> FaceData:
+    """RAF-DB basic: ``list_patition_label.txt`` lines ``train_00001.jpg 5`` (ids 1..7) with the images in
+    ``Image/aligned`` (``*_aligned.jpg``), ``Image/original`` or beside the list file."""
+    list_file = Path(list_file)
+    _require_file(list_file)
+    base = list_file.parent
+    files, labels = [], []
+    for number, line in enumerate(list_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit() or not 1 <= int(parts[1]) <= len(RAFDB_CLASSES):
+            raise DataError(f"{list_file}: line {number}: expected 'NAME.jpg LABEL' with LABEL in 1..7, got {line!r}")
+        name = Path(parts[0])
+        candidates = [base / "Image" / "aligned" / f"{name.stem}_aligned{name.suffix}", base / "Image" / "original" / name,
+                      base / "aligned" / f"{name.stem}_aligned{name.suffix}", base / name]
+        file = next((c for c in candidates if c.is_file()), None)
+        if file is None:
+            raise DataError(f"{list_file}: line {number}: image {name} not found under {base}")
+        files.append(file)
+        labels.append(FERPLUS_CLASSES.index(RAFDB_CLASSES[int(parts[1]) - 1]))
+    if not files:
+        raise DataError(f"{list_file}: no entries")
+    crops, found = face_images(files)
+    return FaceData(images=crops[found], ferplus_votes=_one_hot_votes(np.array(labels)[found]), source=str(list_file))
+
+
+def load_affectnet_csv(path: str | Path, image_root: str | Path | None = None) -> FaceData:
+    """AffectNet-style CSV: ``subDirectory_filePath``, ``face_x``, ``face_y``, ``face_width``, ``face_height``,
+    ``expression`` (0..7; 8 none, 9 uncertain, 10 no face skipped); images under ``image_root`` (default: the CSV's
+    folder). The face box picks the face when the detector finds several, and is the face when it finds none."""
+    path = Path(path)
+    _require_file(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    rows = _read_csv(path, required=("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "expression"))
+    files, labels, boxes = [], [], []
+    for i, row in enumerate(rows):
+        try:
+            expression = int(row["expression"])
+            x, y, w, h = (float(row[k]) for k in ("face_x", "face_y", "face_width", "face_height"))
+        except ValueError as exc:
+            raise DataError(f"{path}: row {i + 2}: unreadable expression or face box ({exc})") from exc
+        if not 0 <= expression < len(AFFECTNET_CLASSES):
+            continue
+        files.append(_resolve(root, row["subDirectory_filePath"]))
+        labels.append(FERPLUS_CLASSES.index(AFFECTNET_CLASSES[expression]))
+        boxes.append((x, y, x + w, y + h))
+    if not files:
+        raise DataError(f"{path}: no row with an expression id in 0..7")
+    crops, found = face_images(files, boxes)
+    return FaceData(images=crops[found], ferplus_votes=_one_hot_votes(np.array(labels)[found]), source=str(path))
+
+
+def csv_columns(path: Path) -> list[str]:
+    _require_file(path)
+    with open(path, newline="") as handle:
+        return [c.strip() for c in next(csv.reader(handle), [])]
 
 
 def load_dataset(path: str | Path, ferplus_csv: str | Path | None = None, usage: str | None = "Training") -> FaceData:
-    """Dispatch on the path: ``.npz``, ``.csv`` (fer2013.csv, with ``ferplus_csv`` optional) or an image folder."""
+    """Dispatch on the path: ``.npz``; a CSV by its columns (fer2013.csv with ``ferplus_csv`` optional, an AffectNet
+    CSV, a labels CSV); RAF-DB's ``.txt`` list file; or a class-folder tree."""
     path = Path(path)
     if path.suffix == ".npz":
         return load_npz(path)
     if path.suffix == ".csv":
-        return load_fer2013_csv(path, ferplus_csv, usage)
+        columns = csv_columns(path)
+        if "pixels" in columns:
+            return load_fer2013_csv(path, ferplus_csv, usage)
+        if "subDirectory_filePath" in columns:
+            return load_affectnet_csv(path)
+        if {"file", "label"} <= set(columns):
+            return load_labels_csv(path)
+        raise DataError(f"{path}: unknown CSV layout (columns {columns}); expected fer2013.csv (emotion, pixels, Usage), "
+                        "a labels CSV (file, label) or an AffectNet CSV (subDirectory_filePath, face_x, ..., expression)")
+    if path.suffix == ".txt":
+        return load_rafdb(path)
     if path.is_dir():
         return load_image_folder(path)
-    raise DataError(f"{path}: expected an .npz file, a fer2013.csv file or an image folder")
+    raise DataError(f"{path}: expected an .npz file, a CSV, a RAF-DB list file or an image folder")
 
 
 def load_unlabeled_faces(spec: str | Path) -> np.ndarray:
@@ -258,8 +436,10 @@ def _unlabeled_from(path: Path) -> np.ndarray:
         files = [path]
     else:
         raise DataError(f"{path}: expected an .npz file, a face image or a folder of face images")
-    crops = [_read_face_image(file) for file in files]
-    return np.stack(crops) if crops else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    if not files:
+        return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    crops, found = face_images(files)
+    return crops[found]
 
 
 def ferplus_majority(votes: np.ndarray) -> np.ndarray:
@@ -286,6 +466,13 @@ def targets_for(data: FaceData, classes: tuple[str, ...]) -> Targets:
         usable = emotion_total * 2 > votes.sum(axis=1)
         soft = emotion / np.maximum(emotion_total, 1)[:, None]
         return Targets(classes, soft.astype(np.float32), hard.astype(np.int64), usable)
+    if data.soft_labels is not None:
+        soft = np.stack([data.soft_labels[:, FERPLUS_CLASSES.index(c)] for c in classes], axis=1).astype(np.float32)
+        total = soft.sum(axis=1)
+        usable = total > 0.5
+        soft = soft / np.maximum(total, 1e-6)[:, None]
+        hard = np.where(usable, soft.argmax(axis=1), -1)
+        return Targets(classes, soft, hard.astype(np.int64), usable)
     if data.fer2013_labels is None:
         raise DataError(f"{data.source}: no labels")
     names = (*FER2013_CLASSES, "contempt")

@@ -1,0 +1,115 @@
+"""Models side by side on faces from elsewhere, end to end (detector cascade → aligner → model) on full-size photos.
+
+For each weights file, in one run: TCCE held-out performers (posed studio photos; ``benchmarks/splits.py`` folds),
+the held-out contempt web photos (contempt recall), and FER+ PublicTest majority (8 classes, model-size faces).
+Writes OUTPUT/{results.json,results.md,recall.png}.
+
+    python benchmarks/splits.py --output runs/splits
+    python benchmarks/cross_dataset.py --models fer2013=train/weights/fer2013_base.safetensors \\
+        default=train/weights/leaf_fer_default.safetensors --tcce runs/splits/tcce_fold0_test.csv \\
+        --contempt runs/splits/contempt_test.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from leaf_fer.realtime.evaluate import evaluate_end_to_end
+from leaf_fer.realtime.pipeline import PipelineConfig
+from leaf_fer.train.evaluate import evaluate_weights
+from leaf_fer.train.metrics import save_figure
+from leaf_fer.train.weights import atomic_write_bytes
+
+FOCUS = ("anger", "disgust", "fear")
+
+
+def measure(weights: Path, tcce: list[Path], contempt: Path | None, publictest: Path | None) -> dict[str, object]:
+    config = PipelineConfig(weights=weights, draw=False, threads=1)
+    row: dict[str, object] = {"weights": str(weights)}
+    tcce_reports = [evaluate_end_to_end(path, config, progress=False) for path in tcce]
+    recalls = {name: float(np.mean([r.scores.per_class_recall[name] for r in tcce_reports]))
+               for name in tcce_reports[0].scores.per_class_recall}
+    row["tcce"] = {"folds": [r.to_dict() for r in tcce_reports],
+                   "accuracy": float(np.mean([r.scores.accuracy for r in tcce_reports])),
+                   "macro_recall": float(np.mean([r.macro_recall for r in tcce_reports])),
+                   "no_face_rate": float(np.mean([r.no_face_rate for r in tcce_reports])),
+                   "per_class_recall": recalls}
+    if contempt is not None:
+        report = evaluate_end_to_end(contempt, config, progress=False)
+        predicted = report.scores.confusion[report.scores.classes.index("contempt")]
+        row["contempt"] = {"recall": report.scores.per_class_recall["contempt"], "no_face_rate": report.no_face_rate,
+                           "predicted": dict(zip(report.scores.classes, (predicted / predicted.sum()).tolist()))}
+    if publictest is not None:
+        scores, _ = evaluate_weights(weights, publictest)
+        row["publictest"] = {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1,
+                             "per_class_recall": scores.per_class_recall}
+    return row
+
+
+def markdown(rows: dict[str, dict], args: argparse.Namespace) -> str:
+    lines = ["# Cross-dataset, end to end", "",
+             f"`python benchmarks/cross_dataset.py` on {', '.join(str(p) for p in args.tcce)}"
+             f"{', ' + str(args.contempt) if args.contempt else ''}; one run, same pipeline for every model "
+             "(MediaPipe short range, YuNet fallback, aligner); no face counts as a miss.", "",
+             "| model | TCCE accuracy | TCCE macro recall | " + " | ".join(f"TCCE {c}" for c in FOCUS) +
+             " | TCCE no face | contempt recall | FER+ PublicTest |", "|---|" + "---|" * (5 + len(FOCUS))]
+    for name, row in rows.items():
+        tcce = row["tcce"]
+        cells = [f"{100 * tcce['accuracy']:.1f}%", f"{100 * tcce['macro_recall']:.1f}%",
+                 *[f"{100 * tcce['per_class_recall'].get(c, 0.0):.1f}%" for c in FOCUS],
+                 f"{100 * tcce['no_face_rate']:.1f}%",
+                 f"{100 * row['contempt']['recall']:.1f}%" if "contempt" in row else "-",
+                 f"{100 * row['publictest']['accuracy']:.2f}%" if "publictest" in row else "-"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Per-class recall on TCCE (%):", "",
+              "| model | " + " | ".join(next(iter(rows.values()))["tcce"]["per_class_recall"]) + " |",
+              "|---|" + "---|" * len(next(iter(rows.values()))["tcce"]["per_class_recall"])]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in row["tcce"]["per_class_recall"].values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = list(next(iter(rows.values()))["tcce"]["per_class_recall"])
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(rows)
+    for i, (name, row) in enumerate(rows.items()):
+        ax.bar(np.arange(len(classes)) + i * width, [100 * row["tcce"]["per_class_recall"][c] for c in classes], width,
+               label=name)
+    ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2, classes)
+    ax.set_ylabel("recall (%)")
+    ax.set_title("TCCE held-out performers, end to end: per-class recall")
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", required=True, metavar="NAME=WEIGHTS")
+    parser.add_argument("--tcce", nargs="+", type=Path, default=[Path("runs/splits/tcce_fold0_test.csv")])
+    parser.add_argument("--contempt", type=Path, default=Path("runs/splits/contempt_test.csv"))
+    parser.add_argument("--publictest", type=Path, default=Path("../shared/data/fer2013_publictest.npz"))
+    parser.add_argument("--output", type=Path, default=Path("reports/cross_dataset"))
+    args = parser.parse_args()
+    models = dict(spec.split("=", 1) for spec in args.models)
+    rows = {name: measure(Path(weights), args.tcce, args.contempt, args.publictest) for name, weights in models.items()}
+    args.output.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.output / "results.json", json.dumps(rows, indent=2).encode())
+    table = markdown(rows, args)
+    atomic_write_bytes(args.output / "results.md", table.encode())
+    plot(rows, args.output / "recall.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

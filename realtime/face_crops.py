@@ -1,0 +1,133 @@
+"""Model-size face crops from full-size images through the live pipeline's own detector and aligner, cached.
+
+Training on what the model sees at inference: each image goes through :class:`~.detector.CascadeDetector` (MediaPipe,
+then YuNet) and :func:`~.align.align_faces`, exactly as a still does in ``annotate``. The crops of a file list are
+cached once in one npz, keyed by every file's SHA-256 and the detector and aligner settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from leaf_fer.train.weights import atomic_write_bytes, file_sha256
+
+from . import align, detector
+from .detector import CascadeDetector
+from .types import Detection
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """What a crop depends on besides the image: the detector cascade and the aligner's geometry."""
+
+    size: int = 48
+    detector_range: str = "short"
+    fallback_detector: bool = True
+    min_detection_confidence: float = 0.5
+
+    def key(self) -> str:
+        geometry = (align.EYE_CENTER, align.EYE_DISTANCE, align.EYE_MOUTH_DISTANCE, align.BOX_WIDTH, align.BOX_CENTER_Y,
+                    detector.YUNET_EYE_DROP, detector.YUNET_MOUTH_DROP, detector.YUNET_MIN_SIDE, detector.YUNET_MAX_SIDE)
+        return json.dumps({"version": CACHE_VERSION, **asdict(self), "geometry": geometry}, sort_keys=True)
+
+
+@dataclass
+class FaceCrops:
+    """``crops`` uint8 [N, size, size] for N files; ``found`` False where no face was detected (crop is zeros)."""
+
+    crops: np.ndarray
+    found: np.ndarray
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LEAF_FER_CACHE", Path.home() / ".cache" / "leaf-fer")) / "faces"
+
+
+Box = tuple[float, float, float, float]
+
+
+def _intersection(a: Box, b: Box) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return _intersection(a, b) > 0.0
+
+
+def best_face(detections: Sequence[Detection], hint: Box | None = None) -> Detection:
+    """The largest face, or with a hint box (e.g. AffectNet's face box) the one overlapping it most."""
+    if hint is None:
+        return max(detections, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+    return max(detections, key=lambda d: _intersection(d.box, hint))
+
+
+class FaceCropper:
+    """One image (BGR or grayscale uint8) → its main face aligned at ``settings.size``, or None without a face."""
+
+    def __init__(self, settings: CropSettings = CropSettings()) -> None:
+        self.settings = settings
+        self.detector = CascadeDetector(settings.detector_range, settings.min_detection_confidence,
+                                        fallback=settings.fallback_detector)
+
+    def crop(self, image: np.ndarray, box: Box | None = None) -> np.ndarray | None:
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        detections = self.detector.detect(np.ascontiguousarray(image[:, :, ::-1]))
+        face = best_face(detections, box) if detections else None
+        if box is not None and (face is None or not _overlaps(face.box, box)):
+            face = Detection(box=box, score=0.0)
+        if face is None:
+            return None
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        return align.align_faces(gray, [face], self.settings.size)[0].copy()
+
+    def close(self) -> None:
+        self.detector.close()
+
+
+def crop_files(files: Sequence[str | Path], settings: CropSettings = CropSettings(),
+               boxes: Sequence[Box | None] | None = None,
+               cache_dir: str | Path | None = None, progress: bool = True) -> FaceCrops:
+    """Crops for every file (``boxes``: optional face boxes, one per file), from the cache when it has them."""
+    files = [Path(f) for f in files]
+    boxes = list(boxes) if boxes is not None else [None] * len(files)
+    digest = hashlib.sha256(settings.key().encode())
+    for file, box in zip(files, boxes):
+        digest.update(file_sha256(file).encode() + json.dumps(box).encode())
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cached = cache / f"{digest.hexdigest()[:24]}.npz"
+    if cached.is_file():
+        with np.load(cached, allow_pickle=False) as npz:
+            return FaceCrops(npz["crops"], npz["found"])
+    cropper = FaceCropper(settings)
+    crops = np.zeros((len(files), settings.size, settings.size), np.uint8)
+    found = np.zeros(len(files), bool)
+    try:
+        for i, (file, box) in enumerate(tqdm(list(zip(files, boxes)), desc="face crops", disable=not progress)):
+            image = cv2.imread(str(file), cv2.IMREAD_COLOR)
+            face = None if image is None else cropper.crop(image, box)
+            if face is not None:
+                crops[i], found[i] = face, True
+    finally:
+        cropper.close()
+    result = FaceCrops(crops, found)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, crops=crops, found=found)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cached, buffer.getvalue())
+    except OSError as exc:
+        print(f"face crops not cached ({cached.parent}: {exc.strerror or exc})")
+    return result

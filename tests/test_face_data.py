@@ -1,0 +1,142 @@
+"""Labeled full-size images in the public layouts go through the live detector + aligner: labels CSV with vote
+shares, RAF-DB's list file, AffectNet-style CSV with face boxes, class folders; small fixtures made here."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from leaf_fer.realtime.face_crops import CropSettings, FaceCropper, crop_files
+from leaf_fer.realtime.sources import open_source
+from leaf_fer.realtime.annotate import sample_video
+from leaf_fer.train.data import (DataError, POSED_LABEL_WEIGHT, labeled_files, load_affectnet_csv, load_dataset,
+                                 load_image_folder, load_labels_csv, load_rafdb, targets_for)
+from leaf_fer.train.model import FER2013_CLASSES, FERPLUS_CLASSES
+
+
+@pytest.fixture(scope="module")
+def face_frame() -> np.ndarray:
+    """A real 640x360 video frame with one face (the shipped sample video)."""
+    with open_source(str(sample_video())) as source:
+        for frame in source.frames():
+            return frame.image
+    raise AssertionError("sample video has no frames")
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("LEAF_FER_CACHE", str(folder))
+    return folder
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_full_size_images_are_detected_aligned_and_cached(tmp_path: Path, face_frame: np.ndarray, cache: Path) -> None:
+    cv2.imwrite(str(tmp_path / "face.jpg"), face_frame)
+    cv2.imwrite(str(tmp_path / "blank.jpg"), np.full((360, 640, 3), 128, np.uint8))
+    files = [tmp_path / "face.jpg", tmp_path / "blank.jpg"]
+    first = crop_files(files, progress=False)
+    assert first.found.tolist() == [True, False] and first.crops.shape == (2, 48, 48)
+    assert first.crops[0].std() > 20 and not first.crops[1].any()
+    assert len(list(cache.rglob("*.npz"))) == 1
+    again = crop_files(files, progress=False)
+    np.testing.assert_array_equal(again.crops, first.crops)
+    assert len(list(cache.rglob("*.npz"))) == 1
+    crop_files(files, CropSettings(fallback_detector=False), progress=False)
+    assert len(list(cache.rglob("*.npz"))) == 2, "other detector settings are another cache entry"
+
+
+def test_crop_matches_the_live_pipeline(face_frame: np.ndarray) -> None:
+    from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
+    from leaf_fer.realtime.types import Frame
+
+    cropper = FaceCropper(CropSettings(min_detection_confidence=0.65))
+    crop = cropper.crop(face_frame)
+    cropper.close()
+    with Pipeline(PipelineConfig(draw=False)) as pipeline:
+        live = pipeline.process(Frame(0, 0.0, face_frame, still=True)).crops[0]
+    np.testing.assert_array_equal(crop, live)
+
+
+def test_labels_csv_mixes_the_label_with_vote_shares(tmp_path: Path, face_frame: np.ndarray, cache: Path) -> None:
+    (tmp_path / "img").mkdir()
+    cv2.imwrite(str(tmp_path / "img" / "a.jpg"), face_frame)
+    cv2.imwrite(str(tmp_path / "img" / "b.jpg"), cv2.flip(face_frame, 1))
+    header = ["file", "label", "performer", "vote_happy", "vote_angry", "vote_sad", "vote_fear", "vote_disgust",
+              "vote_surprise", "vote_peace"]
+    path = write_csv(tmp_path / "labels.csv", header, [["img/a.jpg", "fear", "01", 0, 0, 0, 0.2, 0, 0.8, 0],
+                                                      ["img/b.jpg", "happy", "02", 1, 0, 0, 0, 0, 0, 0]])
+    data = load_dataset(path)
+    assert len(data) == 2 and data.images.shape == (2, 48, 48)
+    targets = targets_for(data, FERPLUS_CLASSES)
+    fear, surprise = FERPLUS_CLASSES.index("fear"), FERPLUS_CLASSES.index("surprise")
+    assert targets.soft[0, fear] == pytest.approx(POSED_LABEL_WEIGHT + (1 - POSED_LABEL_WEIGHT) * 0.2)
+    assert targets.soft[0, surprise] == pytest.approx((1 - POSED_LABEL_WEIGHT) * 0.8)
+    assert targets.hard.tolist() == [fear, FERPLUS_CLASSES.index("happiness")], "the posed label stays the answer"
+    seven = targets_for(data, FER2013_CLASSES)
+    assert np.allclose(seven.soft.sum(axis=1), 1.0)
+    assert labeled_files(path)[1] == [fear, FERPLUS_CLASSES.index("happiness")]
+
+
+def test_labels_csv_rejects_unknown_classes(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "labels.csv", ["file", "label"], [["x.jpg", "bored"]])
+    with pytest.raises(DataError, match="row 2: unknown class 'bored'"):
+        load_labels_csv(path)
+
+
+def test_rafdb_list_file_with_aligned_images(tmp_path: Path, face_frame: np.ndarray, cache: Path) -> None:
+    aligned = tmp_path / "Image" / "aligned"
+    aligned.mkdir(parents=True)
+    face = cv2.resize(face_frame[40:320, 180:460], (100, 100))
+    for name in ("train_00001", "test_0001"):
+        cv2.imwrite(str(aligned / f"{name}_aligned.jpg"), face)
+    (tmp_path / "list_patition_label.txt").write_text("train_00001.jpg 1\ntest_0001.jpg 6\n")
+    data = load_dataset(tmp_path / "list_patition_label.txt")
+    assert targets_for(data, FERPLUS_CLASSES).hard.tolist() == [FERPLUS_CLASSES.index("surprise"),
+                                                                 FERPLUS_CLASSES.index("anger")]
+    (tmp_path / "list_patition_label.txt").write_text("train_00001.jpg 9\n")
+    with pytest.raises(DataError, match="LABEL in 1..7"):
+        load_rafdb(tmp_path / "list_patition_label.txt")
+
+
+def test_affectnet_csv_uses_the_face_box_and_skips_non_expressions(tmp_path: Path, face_frame: np.ndarray,
+                                                                   cache: Path) -> None:
+    (tmp_path / "1").mkdir()
+    blank = np.full((360, 640, 3), 90, np.uint8)
+    cv2.imwrite(str(tmp_path / "1" / "face.jpg"), face_frame)
+    cv2.imwrite(str(tmp_path / "1" / "blank.jpg"), blank)
+    header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
+              "expression", "valence", "arousal"]
+    path = write_csv(tmp_path / "training.csv", header, [["1/face.jpg", 200, 40, 240, 280, "", 7, 0, 0],
+                                                        ["1/blank.jpg", 100, 100, 100, 100, "", 1, 0, 0],
+                                                        ["1/face.jpg", 200, 40, 240, 280, "", 10, 0, 0]])
+    data = load_affectnet_csv(path)
+    assert len(data) == 2, "no-face (10) rows are skipped; a box without a detection is still the face"
+    assert targets_for(data, FERPLUS_CLASSES).hard.tolist() == [FERPLUS_CLASSES.index("contempt"),
+                                                                 FERPLUS_CLASSES.index("happiness")]
+    assert (data.images[1] == 90).all()
+
+
+def test_class_folders_skip_hidden_folders_and_unreadable_images(tmp_path: Path, face_frame: np.ndarray, cache: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("happy", "sad", ".git"):
+        (tmp_path / name).mkdir()
+    cv2.imwrite(str(tmp_path / "happy" / "a.jpg"), face_frame)
+    cv2.imwrite(str(tmp_path / "sad" / "small.png"), np.full((48, 48), 77, np.uint8))
+    (tmp_path / "sad" / "broken.jpg").write_bytes(b"not an image")
+    (tmp_path / ".git" / "x.png").write_bytes(b"")
+    data = load_image_folder(tmp_path)
+    assert len(data) == 2
+    assert (data.images[1] == 77).all(), "a 48x48 image is a face crop already: resized, not detected"
+    assert "1 of 3 images skipped" in capsys.readouterr().out
