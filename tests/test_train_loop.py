@@ -444,3 +444,61 @@ def test_report_names_the_runs_trained_in_another_precision():
     assert precision_note(runs)[0] == ("Trained in fp32 (a CPU without native bf16): leaf seed 1; every other run in "
                                        "bf16 autocast.")
     assert precision_note(runs[:1]) == [] and precision_note(runs[1:2]) == []
+
+
+def test_extra_sets_are_drawn_by_weight_and_fine_tuning_starts_from_weights(train_npz, publictest_npz, tmp_path):
+    from leaf_fer.train.trainer import prepare_splits, training_prior
+
+    folder = tmp_path / "extra" / "disgust"
+    folder.mkdir(parents=True)
+    for i, face in enumerate(np.load(publictest_npz)["images"][:20]):
+        import cv2
+
+        cv2.imwrite(str(folder / f"{i}.png"), face)
+    config = tiny_config(train_npz, publictest_npz, tmp_path / "run", extra_data=[f"{tmp_path / 'extra'}@5"],
+                         max_train_samples=100, logit_adjustment=1.0, domain_augment=True)
+    splits = prepare_splits(config)
+    main_rows = len(splits.labeled_images) - 20
+    assert main_rows > 90 and splits.labeled_weights.tolist() == [1.0] * main_rows + [5.0] * 20
+    prior = training_prior(splits.labeled_targets, splits.labeled_weights)
+    assert prior[5] > 0.45, "the 20 disgust faces drawn 5x each are half of what the loss sees"
+    train(config, progress=False)
+    tuned = tiny_config(train_npz, publictest_npz, tmp_path / "tuned", init_weights=str(tmp_path / "run" / "model.safetensors"),
+                        lr=1e-9, warmup_epochs=0.0)
+    train(tuned, progress=False)
+    before, _ = load_weights(tmp_path / "run" / "model.safetensors")
+    after, _ = load_weights(tmp_path / "tuned" / "model.safetensors")
+    weight = "classifier.weight"
+    assert torch.allclose(before.state_dict()[weight], after.state_dict()[weight], atol=1e-4)
+    other = tiny_config(train_npz, publictest_npz, tmp_path / "xs", backbone="resnet-xs",
+                        init_weights=str(tmp_path / "run" / "model.safetensors"))
+    with pytest.raises(ValueError, match="differs from this run's"):
+        train(other, progress=False)
+    with pytest.raises(ValueError, match="PATH@WEIGHT"):
+        tiny_config(train_npz, publictest_npz, tmp_path, extra_data=["x@many"]).validate()
+
+
+def test_logit_adjustment_shifts_the_training_loss_only():
+    from leaf_fer.train.algorithms import Supervised
+    from leaf_fer.train.model import LeafNet, ModelConfig
+
+    net = LeafNet(ModelConfig(backbone="resnet-xs"))
+    prior = torch.tensor([0.5, 0.3, 0.1, 0.04, 0.03, 0.01, 0.01, 0.01])
+    plain = Supervised(net, 8, autocast=False)
+    adjusted = Supervised(net, 8, autocast=False, logit_adjustment=prior.log())
+    logits = torch.zeros(4, 8)
+    targets = torch.eye(8)[[0, 0, 5, 6]]
+    assert adjusted.labeled_loss(logits, targets) > plain.labeled_loss(logits, targets)
+    rare = torch.eye(8)[[5]]
+    common = torch.eye(8)[[0]]
+    assert adjusted.labeled_loss(logits[:1], rare) - plain.labeled_loss(logits[:1], rare) > \
+        adjusted.labeled_loss(logits[:1], common) - plain.labeled_loss(logits[:1], common)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here): augmentations on a CUDA batch")
+def test_augmentations_stay_on_the_batch_device():
+    from leaf_fer.train.augment import domain_augment, strong_augment, weak_augment
+
+    x = torch.rand(8, 1, 48, 48, device="cuda")
+    for augment in (weak_augment, strong_augment, domain_augment):
+        assert augment(x).device == x.device

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import fields
 from pathlib import Path
 
 import yaml
+
+from leaf_fer.realtime.commands import add_pipeline_options, pipeline_config
 
 from .ablation import DEFAULT_VARIANTS, OPT_IN_VARIANTS, VARIANTS
 from .algorithms import LEAF_CONTRASTIVE_TEMPERATURE, LEAF_CONTRASTIVE_WEIGHT, LEAF_LABELED_WEIGHT
@@ -15,7 +18,12 @@ from .trainer import TrainConfig
 
 
 OPTION_HELP = {
-    "data": "training faces: .npz, fer2013.csv or an image folder with one sub-folder per class",
+    "data": "training faces: .npz, fer2013.csv, a labels CSV (file,label), RAF-DB's list file, an AffectNet CSV, "
+            "or an image folder with one sub-folder per class (full-size images go through the face detector + aligner)",
+    "extra_data": "further labeled sets in any --data format, each PATH or PATH@WEIGHT (draws per face per epoch)",
+    "init_weights": "start from these weights (.safetensors of the same network) instead of from scratch",
+    "logit_adjustment": "τ of the logit-adjusted loss against the class prior (0: off; 1: balanced-error optimal)",
+    "domain_augment": "labeled view with illumination, low resolution, noise, occluders and wider framing jitter",
     "ferplus_csv": "fer2013new.csv (FER+ votes) to pair with fer2013.csv",
     "val_data": "validation faces (default: a stratified --val-fraction of --data)",
     "unlabeled_data": "extra unlabeled faces: npz with 'images', image(s), folder, or a glob like 'annotations/**/*.faces.npz'",
@@ -41,13 +49,19 @@ OPTION_HELP = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    train_parser = subparsers.add_parser("train", help="train a LEAF model (supervised, FixMatch or LEAF)")
+    train_parser = subparsers.add_parser(
+        "train", help="train a LEAF model (supervised, FixMatch or LEAF)",
+        description="Under `torchrun --nproc-per-node N -m leaf_fer train ...`, N processes train in "
+                    "DistributedDataParallel (gloo on CPU, NCCL on CUDA, one GPU each): every process takes "
+                    "1/N of each --batch-size (and --unlabeled-batch-size) global batch; rank 0 writes the run folder.")
     train_parser.add_argument("--config", type=Path, help="YAML file of training options; flags override it")
     for field in fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         if field.type in ("bool", bool):
             train_parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
                                       help=OPTION_HELP.get(field.name))
+        elif str(field.type).startswith("list"):
+            train_parser.add_argument(flag, dest=field.name, nargs="+", default=None, help=OPTION_HELP.get(field.name))
         else:
             kind = {"int": int, "float": float}.get(str(field.type), str)
             train_parser.add_argument(flag, dest=field.name, type=kind, default=None,
@@ -70,10 +84,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ablate_parser.add_argument("--no-progress", action="store_true")
     ablate_parser.set_defaults(func=run_ablate)
 
-    eval_parser = subparsers.add_parser("evaluate", help="accuracy, macro-F1 and per-class recall on an npz")
-    eval_parser.add_argument("--weights", type=Path, help="weights .safetensors (default: the shipped model)")
-    eval_parser.add_argument("--data", type=Path, required=True, help="npz with images + ferplus_votes or labels")
+    eval_parser = subparsers.add_parser(
+        "evaluate", help="accuracy, macro recall and per-class recall: on model-size faces (npz) or end to end",
+        description="An .npz of 48x48 faces scores the model alone. Class sub-folders or a labels CSV (file, label) "
+                    "of full-size images run the whole pipeline (detector, aligner, model): no-face rate, accuracy, "
+                    "macro recall, per-class recall, confusion PNG and JSON.")
+    eval_parser.add_argument("--data", type=Path, required=True,
+                             help="npz (images + ferplus_votes or labels), a class-folder tree or a labels CSV")
     eval_parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
+    eval_parser.add_argument("--output", type=Path,
+                             help="end to end: folder for evaluation.json and confusion.png (default: none)")
+    eval_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_pipeline_options(eval_parser)
     eval_parser.set_defaults(func=run_evaluate)
 
 
@@ -97,8 +119,9 @@ def run_train(args: argparse.Namespace) -> int:
     from .trainer import train
 
     result = train(load_train_config(args), restart=args.restart, progress=not args.no_progress)
-    print(f"best validation accuracy {100 * result['best_accuracy']:.2f}% at epoch {result['best_epoch']}; "
-          f"weights: {result['weights']}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best validation accuracy {100 * result['best_accuracy']:.2f}% at epoch {result['best_epoch']}; "
+              f"weights: {result['weights']}")
     return 0
 
 
@@ -121,6 +144,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_weights
     from .weights import atomic_write_bytes
 
+    if args.data.suffix != ".npz":
+        from leaf_fer.realtime.evaluate import evaluate_end_to_end, write_report
+
+        report = evaluate_end_to_end(args.data, pipeline_config(args, draw=False), progress=not args.no_progress)
+        print(report.summary())
+        if args.json:
+            atomic_write_bytes(args.json, json.dumps(report.to_dict(), indent=2).encode())
+        if args.output:
+            write_report(report, args.output, f"{args.data.name}, end to end")
+            print(f"evaluate: wrote {args.output}/evaluation.json, confusion.png")
+        return 0
     scores, protocol = evaluate_weights(args.weights, args.data)
     print(f"{args.data} ({protocol}, {len(scores.classes)} classes)")
     print(scores.summary())

@@ -1,28 +1,33 @@
-"""The shared training loop: data split, EMA teacher, per-epoch validation, best checkpoint, resume after a kill."""
+"""The shared training loop: data split, EMA teacher, per-epoch validation, best checkpoint, resume after a kill;
+DistributedDataParallel when launched by ``torchrun``."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import platform
+import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .augment import domain_augment, weak_augment
 from .algorithms import (ALGORITHMS, LEAF_CONTRASTIVE_TEMPERATURE, LEAF_CONTRASTIVE_WEIGHT, LEAF_LABELED_WEIGHT, Algorithm,
                          Batch)
 from .data import FaceData, Targets, load_dataset, load_unlabeled_faces, stratified_fraction, targets_for
 from .metrics import Scores, plot_confusion, plot_curves, score
 from .model import FER2013_CLASSES, FERPLUS_CLASSES, LeafNet, ModelConfig, count_parameters
-from .weights import WeightsMetadata, atomic_write_bytes, file_sha256, save_weights
+from .weights import WeightsMetadata, atomic_write_bytes, file_sha256, load_weights, save_weights
 
 THRESHOLD_SAMPLE = 4096  # labeled faces the teacher scores after each epoch to set the class-adaptive thresholds
 CLASS_SETS = {"ferplus": FERPLUS_CLASSES, "fer2013": FER2013_CLASSES}
@@ -33,6 +38,7 @@ class TrainConfig:
     """Everything a run depends on; stored in the checkpoint and in the shipped weights' metadata."""
 
     data: str = ""
+    extra_data: list[str] = field(default_factory=list)
     ferplus_csv: str | None = None
     val_data: str | None = None
     unlabeled_data: str | None = None
@@ -65,6 +71,9 @@ class TrainConfig:
     threads: int = 0
     precision: str = "auto"
     max_train_samples: int = 0
+    init_weights: str | None = None
+    logit_adjustment: float = 0.0
+    domain_augment: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -90,11 +99,28 @@ class TrainConfig:
             raise ValueError(f"unknown precision {self.precision!r}; choose from {list(PRECISIONS)}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("epochs must be ≥ 1 and batch size ≥ 2")
+        for spec in self.extra_data:
+            split_extra(spec)
+        if self.logit_adjustment < 0:
+            raise ValueError(f"logit adjustment must be ≥ 0, got {self.logit_adjustment}")
 
     def model_config(self) -> ModelConfig:
         classes = CLASS_SETS[self.classes]
         return ModelConfig(backbone=self.backbone, num_classes=len(classes), classes=classes, dropout=self.dropout,
                            semantic_level=self.semantic_level, instance_level=self.instance_level)
+
+
+def split_extra(spec: str) -> tuple[str, float]:
+    """``PATH`` or ``PATH@WEIGHT`` → (path, weight): each face of that set is drawn ``WEIGHT`` times per epoch on
+    average (the main data's faces once), so a small set counts for more and a one-class set for less."""
+    path, _, weight = spec.rpartition("@") if "@" in spec else (spec, "", "1")
+    try:
+        value = float(weight)
+    except ValueError:
+        raise ValueError(f"extra data {spec!r}: expected PATH or PATH@WEIGHT with a number") from None
+    if value <= 0:
+        raise ValueError(f"extra data {spec!r}: the weight must be > 0")
+    return path, value
 
 
 @dataclass
@@ -105,6 +131,7 @@ class Splits:
     labeled_images: torch.Tensor
     labeled_targets: torch.Tensor
     labeled_hard: torch.Tensor
+    labeled_weights: np.ndarray
     unlabeled_images: torch.Tensor
     val_images: torch.Tensor
     val_hard: np.ndarray
@@ -161,18 +188,33 @@ def prepare_splits(config: TrainConfig) -> Splits:
     if config.val_data is None:
         unlabeled_index = np.setdiff1d(unlabeled_index, np.setdiff1d(usable, train_index))
     as_tensor = lambda images: torch.from_numpy(np.ascontiguousarray(images))  # noqa: E731
+    labeled_images, labeled_soft = train.images[labeled_index], targets.soft[labeled_index]
+    labeled_hard, labeled_weights = targets.hard[labeled_index], np.ones(len(labeled_index))
+    extra_hashes: list[str] = []
+    for spec in config.extra_data:
+        path, weight = split_extra(spec)
+        extra = load_dataset(path)
+        extra_targets = targets_for(extra, classes)
+        rows = np.flatnonzero(extra_targets.usable)
+        print(f"extra data {path}: {len(rows)} faces, weight {weight:g}")
+        labeled_images = np.concatenate([labeled_images, extra.images[rows]])
+        labeled_soft = np.concatenate([labeled_soft, extra_targets.soft[rows]])
+        labeled_hard = np.concatenate([labeled_hard, extra_targets.hard[rows]])
+        labeled_weights = np.concatenate([labeled_weights, np.full(len(rows), weight)])
+        extra_hashes.append(extra.content_hash())
     unlabeled_images = train.images[unlabeled_index]
     unlabeled_hard = targets.hard[unlabeled_index]
-    data_hash = train.content_hash() + ":" + val.content_hash()
+    data_hash = ":".join([train.content_hash(), val.content_hash(), *extra_hashes])
     if config.unlabeled_data:
         extra = load_unlabeled_faces(config.unlabeled_data)
         unlabeled_images = np.concatenate([unlabeled_images, extra])
         unlabeled_hard = np.concatenate([unlabeled_hard, np.full(len(extra), -1, dtype=unlabeled_hard.dtype)])
         data_hash += ":" + hashlib.sha256(extra.tobytes()).hexdigest()[:16]
     return Splits(
-        labeled_images=as_tensor(train.images[labeled_index]),
-        labeled_targets=torch.from_numpy(targets.soft[labeled_index]),
-        labeled_hard=torch.from_numpy(targets.hard[labeled_index]),
+        labeled_images=as_tensor(labeled_images),
+        labeled_targets=torch.from_numpy(labeled_soft),
+        labeled_hard=torch.from_numpy(labeled_hard),
+        labeled_weights=labeled_weights,
         unlabeled_images=as_tensor(unlabeled_images),
         val_images=as_tensor(val.images[val_rows]),
         val_hard=val_targets.hard[val_rows],
@@ -198,6 +240,44 @@ class EmaTeacher:
                 ema_value.mul_(decay).add_(value.detach(), alpha=1 - decay)
             else:
                 ema_value.copy_(value)
+
+
+class _AllOutputs(torch.nn.Module):
+    """A LeafNet whose ``forward`` is ``forward_all``."""
+
+    def __init__(self, net: LeafNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        return self.net.forward_all(x)
+
+
+class DistributedNet(DistributedDataParallel):
+    """A LeafNet in DistributedDataParallel with the interface the algorithms use: ``forward_all`` runs through DDP's
+    forward (which readies the gradients' all-reduce in the backward pass), ``config`` is the LeafNet's."""
+
+    def __init__(self, net: LeafNet, device: torch.device) -> None:
+        super().__init__(_AllOutputs(net), device_ids=[device.index] if device.type == "cuda" else None)
+        self.config = net.config
+
+    def forward_all(self, x: torch.Tensor):
+        return self(x)
+
+
+def rank_share(rows: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This process's contiguous share of a global batch (all of it in one process)."""
+    size = len(rows) // world_size
+    return rows[rank * size:(rank + 1) * size]
+
+
+def mean_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Each value's mean over the processes of a torchrun launch (the values themselves in one process)."""
+    if not torch.distributed.is_initialized():
+        return values
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    return (total / torch.distributed.get_world_size()).tolist()
 
 
 @torch.no_grad()
@@ -228,18 +308,19 @@ def evaluate_split(net: LeafNet, images: torch.Tensor, labels: np.ndarray) -> Sc
 
 
 class Checkpoint:
-    """``checkpoint.safetensors`` (student, teacher, optimiser tensors, RNG) + ``checkpoint.json`` (the rest).
+    """``checkpoint.json`` (the state) naming its tensor file ``checkpoint.<SHA-256 prefix>.safetensors`` (student,
+    teacher, optimiser tensors, RNG) and that file's SHA-256.
 
-    The JSON is written last and names the tensor file's SHA-256, so a kill mid-write never yields a checkpoint
-    that loads as complete.
+    A save writes the new tensor file beside the previous one, then replaces the JSON (the commit), then deletes the
+    previous tensor file: a kill at any instant leaves the previous or the new checkpoint whole.
     """
 
     def __init__(self, folder: Path) -> None:
-        self.tensors_path = folder / "checkpoint.safetensors"
+        self.folder = folder
         self.state_path = folder / "checkpoint.json"
 
     def exists(self) -> bool:
-        return self.state_path.is_file() and self.tensors_path.is_file()
+        return self.state_path.is_file()
 
     def save(self, student: LeafNet, teacher: EmaTeacher, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         tensors = {f"student.{k}": v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
@@ -249,17 +330,23 @@ class Checkpoint:
             for key, value in values.items():
                 tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
         tensors["rng.torch"] = torch.get_rng_state()
-        tmp = self.tensors_path.with_name(".checkpoint.safetensors.tmp")
+        tmp = self.folder / ".checkpoint.safetensors.tmp"
         save_file(tensors, str(tmp))
-        os.replace(tmp, self.tensors_path)
-        state = dict(state, param_groups=optim_state["param_groups"], tensors_sha256=file_sha256(self.tensors_path))
+        sha256 = file_sha256(tmp)
+        name = f"checkpoint.{sha256[:16]}.safetensors"
+        os.replace(tmp, self.folder / name)
+        state = dict(state, param_groups=optim_state["param_groups"], tensors=name, tensors_sha256=sha256)
         atomic_write_bytes(self.state_path, json.dumps(state, indent=1).encode())
+        for stale in self.folder.glob("checkpoint*.safetensors"):
+            if stale.name != name:
+                stale.unlink()
 
     def load(self, student: LeafNet, teacher: EmaTeacher, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         state = json.loads(self.state_path.read_text())
-        if file_sha256(self.tensors_path) != state["tensors_sha256"]:
-            raise RuntimeError(f"{self.tensors_path}: checkpoint tensors do not match checkpoint.json (interrupted write?)")
-        tensors = load_file(str(self.tensors_path))
+        tensors_path = self.folder / state.get("tensors", "checkpoint.safetensors")
+        if file_sha256(tensors_path) != state["tensors_sha256"]:
+            raise RuntimeError(f"{tensors_path}: checkpoint tensors do not match checkpoint.json")
+        tensors = load_file(str(tensors_path))
         student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
         teacher.model.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("teacher.")})
         optim_state: dict[int, dict[str, torch.Tensor]] = {}
@@ -272,6 +359,11 @@ class Checkpoint:
         return state
 
 
+def write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    """``train_log.jsonl``, one line per epoch, rewritten whole from the checkpoint's history: never a duplicate."""
+    atomic_write_bytes(path, "".join(json.dumps(record) + "\n" for record in history).encode())
+
+
 def learning_rate(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Linear warm-up then cosine decay to 1% of the peak."""
     warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
@@ -282,22 +374,63 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int, steps_per_ep
 
 
 def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) a training run; writes ``model.safetensors`` (best on validation) and reports into the output."""
+    """Run (or resume) a training run; writes ``model.safetensors`` (best on validation) and reports into the output.
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` set), every process trains on its share of each global batch of
+    ``batch_size`` in DistributedDataParallel (gloo on CPU; NCCL on CUDA, one GPU per ``LOCAL_RANK``), with the data
+    order of one process; rank 0 alone validates, writes the run folder and prints, and its result is the run's.
+    """
     config.validate()
+    device = resolve_device(config.device)
+    if "WORLD_SIZE" not in os.environ:
+        return _train(config, device, restart, progress)
+    world_size = int(os.environ["WORLD_SIZE"])
+    batches = ["batch_size"] + (["unlabeled_batch_size"] if ALGORITHMS[config.method].uses_unlabeled else [])
+    for name in batches:
+        if getattr(config, name) % world_size:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(config, name)} does not split evenly over "
+                             f"{world_size} processes (each takes an equal share of every global batch)")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        lead = torch.distributed.get_rank() == 0
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sys.stdout if lead else sink):
+            return _train(config, device, restart, progress and lead)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _train(config: TrainConfig, device: torch.device, restart: bool, progress: bool) -> dict[str, Any]:
+    distributed = torch.distributed.is_initialized()
+    rank, world_size = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     splits = prepare_splits(config)
     model_config = config.model_config()
-    student = LeafNet(model_config).to(device, memory_format=torch.channels_last)
+    student = LeafNet(model_config)
+    if config.init_weights:
+        initial, _ = load_weights(config.init_weights)
+        network = lambda c: (c.backbone, tuple(c.classes), c.semantic_level, c.instance_level)  # noqa: E731
+        if network(initial.config) != network(model_config):
+            raise ValueError(f"{config.init_weights}: its network ({initial.config.backbone}, "
+                             f"{initial.config.num_classes} classes) differs from this run's")
+        student.load_state_dict(initial.state_dict())
+    student = student.to(device, memory_format=torch.channels_last)
     teacher = EmaTeacher(student, config.ema_decay)
     precision = resolve_precision(config.precision, device)
-    algorithm: Algorithm = make_algorithm(config, student, splits.labeled_targets, autocast=precision == "bf16")
+    net = DistributedNet(student, device) if distributed else student
+    algorithm: Algorithm = make_algorithm(config, net, splits.labeled_targets, autocast=precision == "bf16",
+                                          labeled_weights=splits.labeled_weights)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = config.iterations_per_epoch or max(1, len(splits.labeled_images) // config.batch_size)
+    sampling = splits.labeled_weights / splits.labeled_weights.sum()
+    weighted = not np.allclose(splits.labeled_weights, 1.0)
+    epoch_draws = int(round(splits.labeled_weights.sum())) if weighted else len(splits.labeled_images)
+    steps_per_epoch = config.iterations_per_epoch or max(1, epoch_draws // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
 
     checkpoint = Checkpoint(output)
@@ -310,9 +443,12 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
         algorithm.load_running_state(state)
         print(f"resuming {output} at epoch {state['epoch']}/{config.epochs}")
     log_file = output / "train_log.jsonl"
+    if rank == 0 and state["history"]:
+        write_log(log_file, state["history"])
+    processes = f" x {world_size} processes" if distributed else ""
     print(f"{config.method}: {len(splits.labeled_images)} labeled, {len(splits.unlabeled_images)} unlabeled, "
-          f"{len(splits.val_images)} validation; {count_parameters(student) / 1e6:.2f}M parameters on {device}, "
-          f"{precision}")
+          f"{len(splits.val_images)} validation; {count_parameters(student) / 1e6:.2f}M parameters on {device}"
+          f"{processes}, {precision}")
     if algorithm.uses_unlabeled:
         print(f"confidence thresholds scaled by {algorithm.confidence_ceiling:.3f} (labeled targets' mean top probability)"
               if algorithm.confidence_ceiling < 1.0 else "confidence thresholds as published (one-hot targets)")
@@ -320,8 +456,11 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
     for epoch in range(state["epoch"], config.epochs):
         start = time.perf_counter()
         rng = np.random.default_rng([config.seed, epoch])
+        if rank:
+            torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch, rank]).generate_state(1)[0]))
         student.train()
-        order = rng.permutation(len(splits.labeled_images))
+        order = (rng.choice(len(sampling), steps_per_epoch * config.batch_size, p=sampling) if weighted
+                 else rng.permutation(len(splits.labeled_images)))
         losses, logs_sum = [], {}
         confidences, correct, labels = [], [], []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
@@ -329,11 +468,13 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
             pick = order[(i * config.batch_size) % len(order):][: config.batch_size]
             if len(pick) < config.batch_size:
                 pick = rng.choice(len(order), config.batch_size, replace=False)
+            pick = rank_share(pick, rank, world_size)
             labeled = Batch(splits.labeled_images[pick].to(device).float().unsqueeze(1) / 255.0,
                             splits.labeled_targets[pick].to(device))
             unlabeled = None
             if algorithm.uses_unlabeled:
-                upick = rng.integers(0, len(splits.unlabeled_images), config.unlabeled_batch_size)
+                upick = rank_share(rng.integers(0, len(splits.unlabeled_images), config.unlabeled_batch_size), rank,
+                                   world_size)
                 unlabeled = Batch(splits.unlabeled_images[upick].to(device).float().unsqueeze(1) / 255.0)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, state["step"], total_steps, steps_per_epoch)
@@ -347,29 +488,36 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
             for key, value in result.logs.items():
                 logs_sum[key] = logs_sum.get(key, 0.0) + value
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        if algorithm.uses_unlabeled:
-            refresh_thresholds(algorithm, teacher.model, splits)
-        scores = evaluate_split(teacher.model, splits.val_images, splits.val_hard)
-        elapsed = time.perf_counter() - start
-        state["elapsed_s"] += elapsed
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_accuracy": scores.accuracy,
-                  "val_macro_f1": scores.macro_f1, "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed,
-                  **{k: v / steps_per_epoch for k, v in logs_sum.items()}}
-        state["history"].append(record)
-        with open(log_file, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        print(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  val acc {100 * scores.accuracy:.2f}%  "
-              f"macro-F1 {100 * scores.macro_f1:.2f}%  ({elapsed:.0f}s)", flush=True)
-        if scores.accuracy > state["best_accuracy"]:
-            state["best_accuracy"] = scores.accuracy
-            state["best_epoch"] = epoch + 1
-            _save_model(teacher.model, output / "model.safetensors", config, splits, scores, state, precision)
-            plot_confusion(scores, output / "confusion.png", f"{config.method} (EMA teacher), validation, epoch {epoch + 1}")
-        state["epoch"] = epoch + 1
-        state.update(algorithm.running_state())
-        state["config"] = asdict(config)
-        checkpoint.save(student, teacher, optimizer, state)
-        plot_curves(state["history"], output / "curves.png")
+        means = mean_over_ranks([float(np.mean(losses)), *(v / steps_per_epoch for v in logs_sum.values())], device)
+        if rank == 0:
+            if algorithm.uses_unlabeled:
+                refresh_thresholds(algorithm, teacher.model, splits)
+            scores = evaluate_split(teacher.model, splits.val_images, splits.val_hard)
+            elapsed = time.perf_counter() - start
+            state["elapsed_s"] += elapsed
+            record = {"epoch": epoch + 1, "train_loss": means[0], "val_accuracy": scores.accuracy,
+                      "val_macro_f1": scores.macro_f1, "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed,
+                      **dict(zip(logs_sum, means[1:]))}
+            state["history"].append(record)
+            print(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
+                  f"val acc {100 * scores.accuracy:.2f}%  macro-F1 {100 * scores.macro_f1:.2f}%  ({elapsed:.0f}s)", flush=True)
+            if scores.accuracy > state["best_accuracy"]:
+                state["best_accuracy"] = scores.accuracy
+                state["best_epoch"] = epoch + 1
+                _save_model(teacher.model, output / "model.safetensors", config, splits, scores, state, precision)
+                plot_confusion(scores, output / "confusion.png",
+                               f"{config.method} (EMA teacher), validation, epoch {epoch + 1}")
+            state["epoch"] = epoch + 1
+            state.update(algorithm.running_state())
+            state["config"] = asdict(config)
+            checkpoint.save(student, teacher, optimizer, state)
+            write_log(log_file, state["history"])
+            plot_curves(state["history"], output / "curves.png")
+        if distributed:
+            running = [algorithm.running_state()]
+            torch.distributed.broadcast_object_list(running, src=0)
+            if rank:
+                algorithm.load_running_state(running[0])
     return {"best_accuracy": state["best_accuracy"], "best_epoch": state.get("best_epoch"), "elapsed_s": state["elapsed_s"],
             "weights": str(output / "model.safetensors"), "history": state["history"]}
 
@@ -392,18 +540,29 @@ def confidence_ceiling(config: TrainConfig, labeled_targets: torch.Tensor) -> fl
     return float(labeled_targets.max(dim=1).values.mean())
 
 
-def make_algorithm(config: TrainConfig, net: LeafNet, labeled_targets: torch.Tensor, autocast: bool) -> Algorithm:
+def make_algorithm(config: TrainConfig, net: LeafNet, labeled_targets: torch.Tensor, autocast: bool,
+                   labeled_weights: np.ndarray | None = None) -> Algorithm:
     """The method of ``config``; thresholds (and LEAF's optional distribution alignment) read the labeled targets."""
     cls = ALGORITHMS[config.method]
     num_classes = net.config.num_classes
     ceiling = confidence_ceiling(config, labeled_targets)
+    shared = {"autocast": autocast, "confidence_ceiling": ceiling,
+              "labeled_view": domain_augment if config.domain_augment else weak_augment,
+              "logit_adjustment": (config.logit_adjustment * training_prior(labeled_targets, labeled_weights).log()
+                                   if config.logit_adjustment else None)}
     if config.method == "leaf":
         labeled_prior = labeled_targets.float().mean(dim=0) if config.distribution_alignment else None
-        return cls(net, num_classes, autocast=autocast, confidence_ceiling=ceiling, category_level=config.category_level,
-                   weight_x=config.labeled_weight, weight_s=config.contrastive_weight,
-                   temperature=config.contrastive_temperature,
-                   labeled_prior=labeled_prior, rank_below_threshold=config.rank_below_threshold)
-    return cls(net, num_classes, autocast=autocast, confidence_ceiling=ceiling)
+        return cls(net, num_classes, category_level=config.category_level, weight_x=config.labeled_weight,
+                   weight_s=config.contrastive_weight, temperature=config.contrastive_temperature,
+                   labeled_prior=labeled_prior, rank_below_threshold=config.rank_below_threshold, **shared)
+    return cls(net, num_classes, **shared)
+
+
+def training_prior(labeled_targets: torch.Tensor, labeled_weights: np.ndarray | None) -> torch.Tensor:
+    """The class distribution the loss sees: the soft targets weighted by how often each face is drawn."""
+    weights = torch.ones(len(labeled_targets)) if labeled_weights is None else torch.from_numpy(labeled_weights).float()
+    prior = (labeled_targets.float() * weights[:, None]).sum(dim=0) / weights.sum()
+    return prior.clamp_min(1e-4)
 
 
 def _save_model(net: LeafNet, path: Path, config: TrainConfig, splits: Splits, scores: Scores, state: dict[str, Any],
