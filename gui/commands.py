@@ -23,6 +23,7 @@ def settings_from_args(args: argparse.Namespace) -> GuiSettings:
         weights=args.weights,
         backend=args.backend,
         detector_range=args.detector_range,
+        fallback_detector=args.fallback_detector,
         min_detection_confidence=args.min_confidence,
         smoothing=args.smoothing,
         max_faces=args.max_faces,

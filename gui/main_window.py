@@ -516,6 +516,7 @@ class MainWindow(QMainWindow):
             weights=model or None,
             backend=str(self.backend_combo.currentData()),
             detector_range=str(self.range_combo.currentData()),
+            fallback_detector=self.settings.fallback_detector,
             min_detection_confidence=round(self.confidence_spin.value(), 2),
             smoothing=self.smoothing_slider.value() / 100.0,
             max_faces=self.max_faces_spin.value(),

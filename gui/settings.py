@@ -15,6 +15,7 @@ class GuiSettings:
     weights: str | None = None
     backend: str = "auto"
     detector_range: str = "short"
+    fallback_detector: bool = True
     min_detection_confidence: float = 0.65
     smoothing: float = 0.7
     max_faces: int = 8

@@ -466,6 +466,7 @@ def default_pipeline_factory(settings: GuiSettings) -> PipelineLike:
         weights=settings.weights,
         backend=settings.backend,
         detector_range=settings.detector_range,
+        fallback_detector=settings.fallback_detector,
         min_detection_confidence=settings.min_detection_confidence,
         smoothing_alpha=settings.smoothing,
         max_faces=settings.max_faces,

@@ -581,6 +581,8 @@ def test_gui_command_and_settings() -> None:
     assert settings_from_args(parser.parse_args(["gui"])) == GuiSettings(), "command-line defaults = settings defaults"
     with pytest.raises(ValueError, match="smoothing"):
         settings_from_args(parser.parse_args(["gui", "--smoothing", "1.5"]))
+    mediapipe_only = settings_from_args(parser.parse_args(["gui", "--no-fallback-detector"]))
+    assert not mediapipe_only.fallback_detector and GuiSettings().fallback_detector == PipelineConfig().fallback_detector
     assert BACKENDS == PIPELINE_BACKENDS
     defaults, config = GuiSettings(), PipelineConfig()
     assert (defaults.detector_range, defaults.min_detection_confidence, defaults.smoothing, defaults.max_faces) == (
