@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,3 +31,12 @@ def publictest_npz(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def train_npz(shared: Path) -> Path:
     return shared / "data" / "fer2013_train.npz"
+
+
+@pytest.fixture(scope="session")
+def small_val(publictest_npz: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 validation faces: validating all of PublicTest would take most of each tiny epoch."""
+    data = np.load(publictest_npz)
+    path = tmp_path_factory.mktemp("val") / "val.npz"
+    np.savez(path, images=data["images"][:200], ferplus_votes=data["ferplus_votes"][:200], labels=data["labels"][:200])
+    return path

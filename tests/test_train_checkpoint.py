@@ -8,7 +8,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from leaf_fer.train.trainer import TrainConfig, train
@@ -17,15 +16,6 @@ from leaf_fer.train.weights import load_weights
 
 class Killed(BaseException):
     """The simulated kill (a BaseException, so that no ``except Exception`` handler can stop it)."""
-
-
-@pytest.fixture(scope="module")
-def small_val(publictest_npz, tmp_path_factory):
-    """200 validation faces: validating all of PublicTest would take most of each tiny epoch."""
-    data = np.load(publictest_npz)
-    path = tmp_path_factory.mktemp("val") / "val.npz"
-    np.savez(path, images=data["images"][:200], ferplus_votes=data["ferplus_votes"][:200], labels=data["labels"][:200])
-    return path
 
 
 def tiny(train_npz, val, output):

@@ -48,15 +48,6 @@ WEIGHT_ATOL = 3e-4
 up to a few percent of one step on near-zero gradients. A missing all-reduce moves weights by whole steps (~2e-3)."""
 
 
-@pytest.fixture(scope="module")
-def small_val(publictest_npz, tmp_path_factory):
-    """200 validation faces: validating all of PublicTest would take most of each tiny epoch."""
-    data = np.load(publictest_npz)
-    path = tmp_path_factory.mktemp("val") / "val.npz"
-    np.savez(path, images=data["images"][:200], ferplus_votes=data["ferplus_votes"][:200], labels=data["labels"][:200])
-    return path
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .augment import domain_augment, strong_augment, weak_augment
+from .augment import strong_augment, weak_augment
 from .losses import category_level_loss, contrastive_loss, soft_cross_entropy
 from .model import LeafNet
 

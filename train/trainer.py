@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .augment import domain_augment, weak_augment
 from .algorithms import (ALGORITHMS, LEAF_CONTRASTIVE_TEMPERATURE, LEAF_CONTRASTIVE_WEIGHT, LEAF_LABELED_WEIGHT, Algorithm,
                          Batch)
-from .data import FaceData, Targets, load_dataset, load_unlabeled_faces, stratified_fraction, targets_for
+from .data import load_dataset, load_unlabeled_faces, stratified_fraction, targets_for
 from .metrics import Scores, plot_confusion, plot_curves, score
 from .model import FER2013_CLASSES, FERPLUS_CLASSES, LeafNet, ModelConfig, count_parameters
 from .weights import WeightsMetadata, atomic_write_bytes, file_sha256, load_weights, save_weights
@@ -462,7 +462,6 @@ def _train(config: TrainConfig, device: torch.device, restart: bool, progress: b
         order = (rng.choice(len(sampling), steps_per_epoch * config.batch_size, p=sampling) if weighted
                  else rng.permutation(len(splits.labeled_images)))
         losses, logs_sum = [], {}
-        confidences, correct, labels = [], [], []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         for i in bar:
             pick = order[(i * config.batch_size) % len(order):][: config.batch_size]
