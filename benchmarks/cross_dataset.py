@@ -2,6 +2,8 @@
 
 For each weights file, in one run: TCCE held-out performers (posed studio photos; ``benchmarks/splits.py`` folds),
 the held-out contempt web photos (contempt recall), and FER+ PublicTest majority (8 classes, model-size faces).
+``--cross-validation PATTERN --folds 0 1 2`` adds cross-validation by performer: the weights PATTERN names for fold K
+(``{fold}`` in it) are scored on TCCE fold K's test performers, beside the first ``--models`` entry on the same fold.
 Writes OUTPUT/{results.json,results.md,recall.png}.
 
     python benchmarks/splits.py --output runs/splits
@@ -48,6 +50,39 @@ def measure(weights: Path, tcce: list[Path], contempt: Path | None, publictest: 
         row["publictest"] = {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1,
                              "per_class_recall": scores.per_class_recall}
     return row
+
+
+def cross_validate(pattern: str, folds: list[int], baseline: Path, splits: Path) -> dict[str, object]:
+    """Each fold's model on its own held-out performers, and the baseline on the same faces."""
+    rows = []
+    for fold in folds:
+        test = splits / f"tcce_fold{fold}_test.csv"
+        reports = {name: evaluate_end_to_end(test, PipelineConfig(weights=weights, draw=False, threads=1), progress=False)
+                   for name, weights in (("baseline", baseline), ("fold model", Path(pattern.format(fold=fold))))}
+        rows.append({"fold": fold, **{name: {"accuracy": r.scores.accuracy, "macro_recall": r.macro_recall,
+                                            "per_class_recall": r.scores.per_class_recall}
+                                     for name, r in reports.items()}})
+    return {"pattern": pattern, "baseline": str(baseline), "folds": rows}
+
+
+def cross_validation_markdown(cv: dict) -> list[str]:
+    names = ("baseline", "fold model")
+    lines = ["", f"Cross-validation by performer (`{cv['pattern']}`; baseline `{cv['baseline']}`), end to end, %:", "",
+             "| fold | " + " | ".join(f"{n} accuracy | {n} macro recall | " + " | ".join(f"{n} {c}" for c in FOCUS)
+                                       for n in names) + " |",
+             "|---|" + "---|" * (2 * (2 + len(FOCUS)))]
+    rows = cv["folds"] + [{"fold": "mean", **{n: {"accuracy": float(np.mean([r[n]["accuracy"] for r in cv["folds"]])),
+                                                 "macro_recall": float(np.mean([r[n]["macro_recall"] for r in cv["folds"]])),
+                                                 "per_class_recall": {c: float(np.mean([r[n]["per_class_recall"][c]
+                                                                                        for r in cv["folds"]]))
+                                                                      for c in FOCUS}} for n in names}}]
+    for row in rows:
+        cells = []
+        for n in names:
+            cells += [f"{100 * row[n]['accuracy']:.1f}", f"{100 * row[n]['macro_recall']:.1f}",
+                      *[f"{100 * row[n]['per_class_recall'][c]:.1f}" for c in FOCUS]]
+        lines.append(f"| {row['fold']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def markdown(rows: dict[str, dict], args: argparse.Namespace) -> str:
@@ -99,13 +134,18 @@ def main() -> None:
     parser.add_argument("--tcce", nargs="+", type=Path, default=[Path("runs/splits/tcce_fold0_test.csv")])
     parser.add_argument("--contempt", type=Path, default=Path("runs/splits/contempt_test.csv"))
     parser.add_argument("--publictest", type=Path, default=Path("../shared/data/fer2013_publictest.npz"))
+    parser.add_argument("--cross-validation", metavar="PATTERN", help="weights per fold, e.g. runs/cv{fold}/model.safetensors")
+    parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--splits", type=Path, default=Path("runs/splits"))
     parser.add_argument("--output", type=Path, default=Path("reports/cross_dataset"))
     args = parser.parse_args()
     models = dict(spec.split("=", 1) for spec in args.models)
     rows = {name: measure(Path(weights), args.tcce, args.contempt, args.publictest) for name, weights in models.items()}
+    cv = (cross_validate(args.cross_validation, args.folds, Path(next(iter(models.values()))), args.splits)
+          if args.cross_validation else None)
     args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.output / "results.json", json.dumps(rows, indent=2).encode())
-    table = markdown(rows, args)
+    atomic_write_bytes(args.output / "results.json", json.dumps({"models": rows, "cross_validation": cv}, indent=2).encode())
+    table = markdown(rows, args) + ("\n".join(cross_validation_markdown(cv)) + "\n" if cv else "")
     atomic_write_bytes(args.output / "results.md", table.encode())
     plot(rows, args.output / "recall.png")
     print(table)

@@ -18,7 +18,7 @@ from .artifacts import (
     default_cache_dir,
     read_sidecar,
 )
-from .factory import BACKENDS, create_predictor
+from .factory import BACKENDS, PRECISIONS, create_predictor
 from .predictor import Predictor, TorchPredictor
 
 _LAZY = {
@@ -26,6 +26,7 @@ _LAZY = {
     "TrtPredictor": ".tensorrt_backend",
     "compile_onnx": ".export",
     "convert_to_fp16": ".export",
+    "ferplus_accuracy": ".quantize",
     "ensure_onnx": ".export",
     "ensure_engine": ".tensorrt_backend",
     "run_benchmark": ".benchmark",
@@ -33,6 +34,7 @@ _LAZY = {
 
 __all__ = [
     "BACKENDS",
+    "PRECISIONS",
     "BackendUnavailableError",
     "EngineError",
     "EngineMismatchError",

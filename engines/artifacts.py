@@ -19,9 +19,11 @@ from leaf_fer.train.model import ModelConfig
 from leaf_fer.train.weights import atomic_write_bytes, file_sha256
 
 FORMAT = "leaf-fer-engine/1"
-TARGETS: tuple[str, ...] = ("onnx", "onnx-fp16", "tensorrt")
-PRECISIONS: dict[str, str] = {"onnx": "fp32", "onnx-fp16": "fp16", "tensorrt": "fp16"}
-SUFFIXES: dict[str, str] = {"onnx": ".onnx", "onnx-fp16": ".onnx", "tensorrt": ".engine"}
+TARGETS: tuple[str, ...] = ("onnx", "onnx-fp16", "onnx-int8", "tensorrt")
+PRECISIONS: dict[str, str] = {"onnx": "fp32", "onnx-fp16": "fp16", "onnx-int8": "int8", "tensorrt": "fp16"}
+SUFFIXES: dict[str, str] = {"onnx": ".onnx", "onnx-fp16": ".onnx", "onnx-int8": ".onnx", "tensorrt": ".engine"}
+ONNX_TARGETS: dict[str, str] = {"fp32": "onnx", "fp16": "onnx-fp16", "int8": "onnx-int8"}
+"""The ONNX artifact of each precision."""
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probs"
 
@@ -177,7 +179,7 @@ def artifact_filename(
     max_batch: int | None = None,
     env: TrtEnvironment | None = None,
 ) -> str:
-    """``leaf_fer-<hash>-<config>-fp32.onnx``, ``leaf_fer-<hash>-<config>-fp16.onnx``,
+    """``leaf_fer-<hash>-<config>-fp32.onnx`` (``-fp16``, ``-int8``),
     ``leaf_fer-<hash>-<config>-trt-<gpu>-b16-<key>.engine`` (``model``: the config the artifact is built with)."""
     if model is None:
         raise ValueError("an artifact name needs the model config")

@@ -28,7 +28,7 @@ from .artifacts import EngineError
 from .onnxruntime_backend import default_threads
 from .predictor import Predictor
 
-BENCH_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "onnxruntime-fp16", "tensorrt")
+BENCH_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "tensorrt")
 DEFAULT_BATCHES: tuple[int, ...] = (1, 4, 16)
 REQUIRED_ORT_SPEEDUP = 1.5
 
@@ -58,8 +58,8 @@ def summarize(backend: str, batch: int, seconds: Sequence[float]) -> LatencyStat
 def _open(backend: str, weights: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None, threads: int, max_batch: int) -> Predictor:
     from .factory import create_predictor
 
-    if backend == "onnxruntime-fp16":
-        return create_predictor(weights, "onnxruntime", cache_dir, fp16=True, threads=threads)
+    if backend.startswith("onnxruntime-"):
+        return create_predictor(weights, "onnxruntime", cache_dir, precision=backend.split("-")[1], threads=threads)
     return create_predictor(weights, backend, cache_dir, threads=threads, max_batch=max_batch)
 
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .artifacts import TARGETS, read_sidecar
+from .artifacts import PRECISIONS, TARGETS, read_sidecar
 
 
 def _positive(text: str) -> int:
@@ -41,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     compile_parser.add_argument("--cache-dir", type=Path, help="cache root (default: $LEAF_FER_CACHE_DIR or ~/.cache/leaf-fer)")
     compile_parser.add_argument("--force", action="store_true", help="rebuild even when a valid artifact exists")
+    compile_parser.add_argument(
+        "--calibration",
+        type=Path,
+        help="onnx-int8: npz of face crops ('images' uint8 [N, H, W], e.g. annotate --save-faces output) to calibrate "
+        "on (default: the sample video's faces); implies --force",
+    )
     compile_parser.set_defaults(func=run_compile)
 
     bench_parser = subparsers.add_parser("bench-engines", help="per-face latency of each backend at batch 1/4/16")
@@ -79,8 +85,10 @@ def run_compile(args: argparse.Namespace) -> int:
     else:
         from .export import compile_onnx, ensure_onnx
 
-        fp16 = args.target == "onnx-fp16"
-        if args.force:
+        precision = PRECISIONS[args.target]
+        if args.calibration is not None and args.target != "onnx-int8":
+            raise ValueError("--calibration is for --target onnx-int8")
+        if args.force or args.calibration is not None:
             output = args.output
             if output is None:
                 from leaf_fer.train.weights import default_weights_path, model_hash
@@ -88,12 +96,14 @@ def run_compile(args: argparse.Namespace) -> int:
                 from .artifacts import model_cache_dir
 
                 output = model_cache_dir(args.cache_dir, model_hash(args.weights or default_weights_path()))
-            path = compile_onnx(args.weights, output, fp16=fp16)
+            path = compile_onnx(args.weights, output, precision=precision, calibration=args.calibration)
         else:
-            path = ensure_onnx(args.weights, fp16=fp16, cache_dir=args.cache_dir, output_dir=args.output)
+            path = ensure_onnx(args.weights, precision=precision, cache_dir=args.cache_dir, output_dir=args.output)
     sidecar = read_sidecar(path)
     print(path)
     summary = f"{sidecar.target} ({sidecar.precision}) of model {sidecar.model_hash}, {len(sidecar.classes)} classes"
+    if "calibration" in sidecar.created_with:
+        summary += f", calibrated on {sidecar.created_with['calibration']}"
     if sidecar.tensorrt is not None:
         profile = sidecar.tensorrt.profile
         summary += f", {sidecar.tensorrt.environment.describe()}, batch {profile['min'][0]}..{profile['max'][0]}"

@@ -1,4 +1,4 @@
-"""ONNX export (FP32, dynamic batch axis) and the FP16 variant, plus the on-disk cache of both.
+"""ONNX export (FP32, dynamic batch axis), the FP16 and INT8 variants, and the on-disk cache of all three.
 
 The exported graph is :class:`~leaf_fer.train.model.InferenceModel`: ``pixels`` float32 [batch, 1, H, W] in
 [0, 255] → ``probs`` float32 [batch, C]. The FP16 variant keeps FP32 inputs and outputs and keeps numerically
@@ -29,7 +29,9 @@ from leaf_fer.train.weights import WeightsMetadata, default_weights_path, load_w
 
 from .artifacts import (
     INPUT_NAME,
+    ONNX_TARGETS,
     OUTPUT_NAME,
+    PRECISIONS,
     EngineError,
     Sidecar,
     artifact_filename,
@@ -218,12 +220,14 @@ def check_onnx(model: onnx.ModelProto, what: str) -> None:
             raise EngineError(f"{what}: {value.name} has no dynamic batch axis")
 
 
-def onnx_sidecar(model: onnx.ModelProto, metadata: WeightsMetadata, weights_hash: str, target: str) -> Sidecar:
-    """The sidecar for an ONNX artifact of the given model."""
+def onnx_sidecar(
+    model: onnx.ModelProto, metadata: WeightsMetadata, weights_hash: str, target: str, **created_with: str
+) -> Sidecar:
+    """The sidecar for an ONNX artifact of the given model (``created_with``: extra provenance, e.g. calibration)."""
     config = metadata.model
     return Sidecar(
         target=target,
-        precision="fp16" if target == "onnx-fp16" else "fp32",
+        precision=PRECISIONS[target],
         artifact="",
         model_hash=weights_hash,
         model=config.to_dict(),
@@ -236,7 +240,7 @@ def onnx_sidecar(model: onnx.ModelProto, metadata: WeightsMetadata, weights_hash
         },
         output={"name": OUTPUT_NAME, "shape": ["batch", config.num_classes], "dtype": "float32", "kind": "softmax"},
         opset=next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None),
-        created_with={"leaf_fer": leaf_fer.__version__, "torch": torch.__version__, "onnx": onnx.__version__},
+        created_with={"leaf_fer": leaf_fer.__version__, "torch": torch.__version__, "onnx": onnx.__version__, **created_with},
     )
 
 
@@ -249,20 +253,31 @@ def serialize_onnx(model: onnx.ModelProto, weights_hash: str, classes: tuple[str
 
 
 def compile_onnx(
-    weights: str | os.PathLike[str] | None, output_dir: str | os.PathLike[str], *, fp16: bool = False
+    weights: str | os.PathLike[str] | None,
+    output_dir: str | os.PathLike[str],
+    *,
+    precision: str = "fp32",
+    calibration: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Export the weights to ``output_dir`` as FP32 ONNX (and FP16 when asked); returns the requested artifact."""
+    """Export the weights to ``output_dir`` as FP32 ONNX, plus the FP16 or INT8 variant when ``precision`` asks for it
+    (INT8: calibrated on ``calibration``, an npz of face crops, or on the sample video's faces); returns the requested
+    artifact."""
+    if precision not in ONNX_TARGETS:
+        raise ValueError(f"ONNX precision must be one of {', '.join(ONNX_TARGETS)}; got {precision!r}")
     weights_path = Path(weights) if weights is not None else default_weights_path()
     net, metadata = load_weights(weights_path)
     weights_hash = model_hash(weights_path)
     output_dir = Path(output_dir)
+    calibrated = _calibration(calibration, metadata) if precision == "int8" else None
     fp32_model = export_onnx_model(net)
     classes = tuple(metadata.model.classes)
     fp32_path = output_dir / artifact_filename(weights_hash, "onnx", model=metadata.model.to_dict())
     write_artifact(fp32_path, serialize_onnx(fp32_model, weights_hash, classes, "fp32"), onnx_sidecar(fp32_model, metadata, weights_hash, "onnx"))
-    if not fp16:
-        return fp32_path
-    return _write_fp16(fp32_model, metadata, weights_hash, output_dir)
+    if precision == "fp16":
+        return _write_fp16(fp32_model, metadata, weights_hash, output_dir)
+    if calibrated is not None:
+        return _write_int8(fp32_path, metadata, weights_hash, output_dir, calibrated)
+    return fp32_path
 
 
 def _write_fp16(fp32_model: onnx.ModelProto, metadata: WeightsMetadata, weights_hash: str, output_dir: Path) -> Path:
@@ -272,23 +287,45 @@ def _write_fp16(fp32_model: onnx.ModelProto, metadata: WeightsMetadata, weights_
     return write_artifact(path, payload, onnx_sidecar(fp16_model, metadata, weights_hash, "onnx-fp16"))
 
 
+def _calibration(path: str | os.PathLike[str] | None, metadata: WeightsMetadata) -> tuple[np.ndarray, str]:
+    from .quantize import calibration_faces
+
+    return calibration_faces(path, metadata.model.input_size)
+
+
+def _write_int8(
+    fp32_path: Path, metadata: WeightsMetadata, weights_hash: str, output_dir: Path, calibrated: tuple[np.ndarray, str]
+) -> Path:
+    from .quantize import quantize_int8
+
+    faces, described = calibrated
+    int8_model = quantize_int8(fp32_path, faces)
+    check_onnx(int8_model, "INT8 model")
+    path = output_dir / artifact_filename(weights_hash, "onnx-int8", model=metadata.model.to_dict())
+    payload = serialize_onnx(int8_model, weights_hash, tuple(metadata.model.classes), "int8")
+    return write_artifact(path, payload, onnx_sidecar(int8_model, metadata, weights_hash, "onnx-int8", calibration=described))
+
+
 def ensure_onnx(
     weights: str | os.PathLike[str] | None,
     *,
-    fp16: bool = False,
+    precision: str = "fp32",
     cache_dir: str | os.PathLike[str] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """The ONNX for these weights and their metadata, compiled on first use or when the existing copy is stale or
-    corrupt.
+    """The ONNX of ``precision`` (fp32, fp16 or int8) for these weights and their metadata, compiled on first use or
+    when the existing copy is stale or corrupt (an INT8 model is calibrated on the sample video's faces unless one
+    compiled with ``leaf-fer compile --target onnx-int8 --calibration`` is there).
 
     It lives in ``output_dir`` when given, else in the per-model folder of the cache (``cache_dir`` or the default);
     when that folder cannot be written, it is compiled into a new temporary folder instead (one warning).
     """
+    if precision not in ONNX_TARGETS:
+        raise ValueError(f"ONNX precision must be one of {', '.join(ONNX_TARGETS)}; got {precision!r}")
     weights_path = Path(weights) if weights is not None else default_weights_path()
     weights_hash = model_hash(weights_path)
     directory = Path(output_dir) if output_dir is not None else model_cache_dir(cache_dir, weights_hash)
-    target = "onnx-fp16" if fp16 else "onnx"
+    target = ONNX_TARGETS[precision]
     wanted = directory / artifact_filename(weights_hash, target, model=read_metadata(weights_path).model.to_dict())
     reason = _cache_problem(wanted, target, weights_hash)
     if reason is None:
@@ -297,13 +334,15 @@ def ensure_onnx(
     if unwritable is not None:
         fallback = Path(tempfile.mkdtemp(prefix="leaf-fer-engines-"))
         log.warning("%s: cache folder not writable (%s); compiling into %s instead", directory, unwritable, fallback)
-        return ensure_onnx(weights_path, fp16=fp16, output_dir=fallback)
-    log.info("compiling %s ONNX for model %s (%s)", "FP16" if fp16 else "FP32", weights_hash, reason)
-    if fp16:
-        fp32_path = ensure_onnx(weights_path, fp16=False, output_dir=directory)
-        _, metadata = load_weights(weights_path)
+        return ensure_onnx(weights_path, precision=precision, output_dir=fallback)
+    log.info("compiling %s ONNX for model %s (%s)", precision.upper(), weights_hash, reason)
+    if precision == "fp32":
+        return compile_onnx(weights_path, directory)
+    fp32_path = ensure_onnx(weights_path, output_dir=directory)
+    _, metadata = load_weights(weights_path)
+    if precision == "fp16":
         return _write_fp16(onnx.load(str(fp32_path)), metadata, weights_hash, directory)
-    return compile_onnx(weights_path, directory, fp16=False)
+    return _write_int8(fp32_path, metadata, weights_hash, directory, _calibration(None, metadata))
 
 
 def _unwritable(directory: Path) -> str | None:

@@ -1,4 +1,5 @@
-"""Pick and build a predictor: ``auto`` takes TensorRT on an NVIDIA GPU with TensorRT, else ONNX Runtime, else torch."""
+"""Pick and build a predictor: ``auto`` takes TensorRT on an NVIDIA GPU with TensorRT, else ONNX Runtime, else torch
+(among the backends that run the precision asked for)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from .predictor import Predictor, TorchPredictor
 log = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "int8")
+SUPPORTED: dict[str, tuple[str, ...]] = {"tensorrt": ("fp16",), "onnxruntime": ("fp32", "fp16", "int8"), "torch": ("fp32",)}
+"""The precisions each backend runs."""
 PathArg = str | os.PathLike[str] | None
 
 
@@ -39,17 +43,27 @@ def create_predictor(
     cache_dir: PathArg = None,
     *,
     artifact: PathArg = None,
-    fp16: bool = False,
+    precision: str = "auto",
     max_batch: int = 16,
     threads: int | None = None,
 ) -> Predictor:
     """A :class:`Predictor` for ``backend``; its ``backend_name`` says which ran and ``backend_reason`` why.
 
     ``artifact`` is a compiled .onnx (onnxruntime) or .engine (tensorrt); without it the backend compiles from the
-    weights into the cache once and reuses the result. ``fp16`` selects the FP16 ONNX for onnxruntime.
+    weights into the cache once and reuses the result. ``precision``: ``auto`` (each backend's own: FP16 engines on
+    TensorRT, FP32 elsewhere) or one of :data:`SUPPORTED`'s; ``auto`` as backend then picks the first backend that runs
+    it (``int8`` and ``fp32``: ONNX Runtime).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if backend != "auto" and precision != "auto" and precision not in SUPPORTED[backend]:
+        raise BackendUnavailableError(
+            f"the {backend} backend runs {' or '.join(SUPPORTED[backend])}, not {precision}; "
+            f"{precision} runs on {', '.join(b for b, p in SUPPORTED.items() if precision in p)}"
+        )
+    onnx_precision = "fp32" if precision == "auto" else precision
     if backend == "tensorrt":
         reason = tensorrt_unavailable_reason()
         if reason is not None:
@@ -59,20 +73,22 @@ def create_predictor(
         reason = onnxruntime_unavailable_reason()
         if reason is not None:
             raise BackendUnavailableError(f"ONNX Runtime backend unavailable: {reason}")
-        return _onnxruntime(weights, cache_dir, artifact, fp16, threads, "requested")
+        return _onnxruntime(weights, cache_dir, artifact, onnx_precision, threads, "requested")
     if backend == "torch":
         return _torch(weights, threads, "requested")
 
     skipped: list[str] = []
     reason = tensorrt_unavailable_reason()
-    if reason is None:
+    if reason is None and precision in ("auto", "fp16"):
         return _tensorrt(weights, cache_dir, artifact, max_batch, "auto: NVIDIA GPU with TensorRT")
-    skipped.append(f"TensorRT skipped: {reason}")
+    skipped.append(f"TensorRT skipped: {reason or f'it builds FP16 engines, {precision} asked'}")
     reason = onnxruntime_unavailable_reason()
     if reason is None:
         onnx_artifact = artifact if artifact is not None and str(artifact).endswith(".onnx") else None
-        return _onnxruntime(weights, cache_dir, onnx_artifact, fp16, threads, "auto; " + "; ".join(skipped))
+        return _onnxruntime(weights, cache_dir, onnx_artifact, onnx_precision, threads, "auto; " + "; ".join(skipped))
     skipped.append(f"ONNX Runtime skipped: {reason}")
+    if precision not in ("auto", "fp32"):
+        raise BackendUnavailableError(f"no backend runs {precision} here: " + "; ".join(skipped))
     return _torch(weights, threads, "auto; " + "; ".join(skipped))
 
 
@@ -89,11 +105,11 @@ def _tensorrt(weights: PathArg, cache_dir: PathArg, artifact: PathArg, max_batch
 
 
 def _onnxruntime(
-    weights: PathArg, cache_dir: PathArg, artifact: PathArg, fp16: bool, threads: int | None, reason: str
+    weights: PathArg, cache_dir: PathArg, artifact: PathArg, precision: str, threads: int | None, reason: str
 ) -> Predictor:
     from .onnxruntime_backend import OrtPredictor
 
-    predictor = OrtPredictor(artifact, weights=weights, fp16=fp16, cache_dir=cache_dir, threads=threads)
+    predictor = OrtPredictor(artifact, weights=weights, precision=precision, cache_dir=cache_dir, threads=threads)
     return _announce(predictor, reason)
 
 
@@ -104,4 +120,4 @@ def _torch(weights: PathArg, threads: int | None, reason: str) -> Predictor:
     return _announce(TorchPredictor(weights, device=device), reason)
 
 
-__all__ = ["BACKENDS", "create_predictor", "onnxruntime_unavailable_reason", "tensorrt_unavailable_reason"]
+__all__ = ["BACKENDS", "PRECISIONS", "SUPPORTED", "create_predictor", "onnxruntime_unavailable_reason", "tensorrt_unavailable_reason"]

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: runs a compiled .onnx (FP32 or FP16) checked against its sidecar."""
+"""ONNX Runtime backend: runs a compiled .onnx (FP32, FP16 or INT8) checked against its sidecar."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from leaf_fer.train.weights import WeightsMetadata, model_hash, read_metadata
 
-from .artifacts import EngineError, EngineMismatchError, check_compatible, load_artifact, one_line
+from .artifacts import ONNX_TARGETS, EngineError, EngineMismatchError, check_compatible, load_artifact, one_line
 from .export import ensure_onnx
 from .predictor import Predictor
 
@@ -42,7 +42,8 @@ def default_threads() -> int:
 
 
 class OrtPredictor(Predictor):
-    """ONNX Runtime with graph optimisation level ALL; compiles the ONNX into the cache when given no artifact."""
+    """ONNX Runtime with graph optimisation level ALL; compiles the ONNX of ``precision`` into the cache when given no
+    artifact."""
 
     backend_name = "onnxruntime"
 
@@ -51,16 +52,16 @@ class OrtPredictor(Predictor):
         model_path: str | os.PathLike[str] | None = None,
         *,
         weights: str | os.PathLike[str] | None = None,
-        fp16: bool = False,
+        precision: str = "fp32",
         cache_dir: str | os.PathLike[str] | None = None,
         threads: int | None = None,
         providers: list[str] | None = None,
     ) -> None:
         if model_path is None:
-            model_path = ensure_onnx(weights, fp16=fp16, cache_dir=cache_dir)
+            model_path = ensure_onnx(weights, precision=precision, cache_dir=cache_dir)
         path = Path(model_path)
         sidecar = load_artifact(path)
-        if sidecar.target not in ("onnx", "onnx-fp16"):
+        if sidecar.target not in ONNX_TARGETS.values():
             raise EngineMismatchError(f"{path}: a {sidecar.target!r} artifact cannot run on onnxruntime")
         if weights is not None:
             check_compatible(sidecar, path, model_hash=model_hash(weights), classes=read_metadata(weights).model.classes)

@@ -127,7 +127,7 @@ def build_serialized_engine(request: EngineBuildRequest) -> tuple[bytes, TrtBuil
     """Build the FP16 engine with the TensorRT Python API; updates the timing cache file."""
     trt = import_tensorrt()
     plan = build_plan(str(trt.__version__), hasattr(trt.BuilderFlag, "FP16"))
-    onnx_path = ensure_onnx(request.weights, fp16=plan.fp16_onnx, output_dir=request.onnx_dir)
+    onnx_path = ensure_onnx(request.weights, precision="fp16" if plan.fp16_onnx else "fp32", output_dir=request.onnx_dir)
     logger = _trt_logger(trt)
     builder = trt.Builder(logger)
     strongly_typed_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)

@@ -1,13 +1,18 @@
 """Batch annotation: videos (or images) → annotated video, per-face CSV, JSON summary and expression timeline PNG.
 
 Layout: ``OUTDIR/<name>/{<name>.annotated.mp4, <name>.csv, <name>.json, <name>.timeline.png}`` (an image input gets
-``<name>.annotated.png`` and no timeline). ``<name>`` is the input's stem, or ``<stem>-<hash of its resolved path>``
-when that folder holds another input's result: names stay the same across runs and no input replaces another's.
-An input's outputs are written into a staging folder in ``OUTDIR/.leaf-fer/`` and replace its folder in one step
-once all are complete, so a failed or killed run leaves the previous result as it was. The JSON summary is the
-"done" marker: a rerun skips inputs whose summary matches the input file and the settings, and redoes the others.
-One run at a time per output folder (``OUTDIR/.leaf-fer/lock``). A failing input is reported in one line and the
-next one proceeds.
+``<name>.annotated.png`` and no timeline; ``video`` off writes the CSV and the JSON only). ``<name>`` is the
+input's stem, or ``<stem>-<hash of its resolved path>`` when that folder holds another input's result: names stay the
+same across runs and no input replaces another's. An input's outputs are written into a staging folder in
+``OUTDIR/.leaf-fer/`` and replace its folder in one step once all are complete, so a failed or killed run leaves the
+previous result as it was. The JSON summary is the "done" marker: a rerun skips inputs whose summary matches the
+input file and the settings, and redoes the others. One run at a time per output folder (``OUTDIR/.leaf-fer/lock``).
+A failing input is reported in one line and the next one proceeds.
+
+Each input is one pass of three threads (a reader decoding ahead, the pipeline, a writer drawing, encoding and
+writing, with bounded queues between them). Inputs run in parallel worker processes, or as Ray tasks, and a long
+video in segments (:mod:`.parallel`, :mod:`.segments`); the lock, the names and the publishing stay here, in the
+parent. The CSV of an input annotated whole is the same, byte for byte, whichever worker runs it.
 """
 
 from __future__ import annotations
@@ -34,10 +39,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from leaf_fer.train.weights import default_weights_path, file_sha256
+from leaf_fer.train.weights import default_weights_path, file_sha256, read_metadata
 
 from .annotators import class_color
-from .pipeline import Pipeline, PipelineConfig
+from .pipeline import Overlay, Pipeline, PipelineConfig
 from .sources import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -46,16 +51,27 @@ from .sources import (
     VideoFileSource,
     is_url,
     open_source,
+    prefetch,
     redact_url,
 )
 from .types import FrameResult
-from .writers import CsvWriter, VideoWriter, WriterError, atomic_write_bytes, atomic_write_json, cannot_write
+from .writers import (
+    BackgroundWriter,
+    CsvWriter,
+    VideoWriter,
+    WriterError,
+    atomic_write_bytes,
+    atomic_write_json,
+    cannot_write,
+)
 
 FORMAT = "leaf-fer-annotation/1"
 DEFAULT_OUTDIR = "annotations"
 MAX_TIMELINE_TRACKS = 6
 WORK_DIR = ".leaf-fer"
 """Inside OUTDIR: the lock file and the staging folders of runs in progress (hidden, so ``**`` globs skip it)."""
+READ_AHEAD = 8
+"""Frames the reader thread decodes ahead, and results waiting for the writer thread (bounded queues)."""
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 Status = Literal["done", "skipped", "failed"]
@@ -179,26 +195,30 @@ def input_fingerprint(path: Path) -> dict[str, int]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def annotation_settings(pipeline: Pipeline, save_faces_every: int = 0) -> dict[str, Any]:
+def annotation_settings(config: PipelineConfig, save_faces_every: int = 0, video: bool = True) -> dict[str, Any]:
     """Everything that changes the outputs; a summary made with other settings is redone, not skipped."""
-    c = pipeline.config
-    weights = Path(c.weights) if c.weights is not None else default_weights_path()
+    weights = Path(config.weights) if config.weights is not None else default_weights_path()
+    if not weights.is_file():
+        raise ValueError(f"{weights}: weights file not found")
     return {
-        "weights_sha256": file_sha256(weights) if weights.is_file() else pipeline.predictor.metadata.sha256,
-        "classes": list(pipeline.classes),
-        "detector_range": c.detector_range,
-        "fallback_detector": c.fallback_detector,
-        "min_detection_confidence": c.min_detection_confidence,
-        "smoothing_alpha": c.smoothing_alpha,
-        "max_faces": c.max_faces,
-        "max_lost": c.max_lost,
+        "weights_sha256": file_sha256(weights),
+        "classes": list(read_metadata(weights).model.classes),
+        "precision": config.precision,
+        "detector_range": config.detector_range,
+        "fallback_detector": config.fallback_detector,
+        "min_detection_confidence": config.min_detection_confidence,
+        "detect_max_side": config.detect_max_side,
+        "smoothing_alpha": config.smoothing_alpha,
+        "max_faces": config.max_faces,
+        "max_lost": config.max_lost,
         "save_faces_every": save_faces_every,
+        "video": video,
     }
 
 
 def is_complete(paths: OutputPaths, fingerprint: dict[str, int], settings: dict[str, Any]) -> bool:
     """True when the summary marks a finished run of this very input with these settings and its outputs exist; a
-    result that also kept face crops serves a run that does not ask for them."""
+    result that also kept face crops, or the annotated video, serves a run that does not ask for them."""
     try:
         summary = json.loads(paths.summary.read_text())
     except (OSError, ValueError):
@@ -206,8 +226,9 @@ def is_complete(paths: OutputPaths, fingerprint: dict[str, int], settings: dict[
     if summary.get("format") != FORMAT or not summary.get("complete"):
         return False
     made = summary.get("settings")
-    if isinstance(made, dict) and not settings.get("save_faces_every"):
-        made = {**made, "save_faces_every": settings.get("save_faces_every")}
+    for optional in ("save_faces_every", "video"):
+        if isinstance(made, dict) and not settings.get(optional):
+            made = {**made, optional: settings.get(optional)}
     if summary.get("input_fingerprint") != fingerprint or made != settings:
         return False
     return all((paths.folder / name).is_file() for name in summary.get("outputs", {}).values())
@@ -367,6 +388,19 @@ class _FaceKeeper:
         records["frame"] = result.frame.index
         records["track_id"] = [face.track_id for face in result.faces]
         records["image"] = result.crops[: len(result.faces)]
+        self._append(records)
+
+    def extend(self, path: Path, count: int, track_ids: dict[int, int]) -> None:
+        """Append the ``count`` records another keeper of ``path`` left unpacked (a video segment's), with their
+        track ids renumbered by ``track_ids``, a chunk at a time."""
+        if count:
+            records = np.memmap(path.with_name(f".{path.name}.records"), self._dtype, "r", shape=(count,))
+            for start in range(0, count, 1024):
+                chunk = np.array(records[start : start + 1024])
+                chunk["track_id"] = [track_ids[int(t)] for t in chunk["track_id"]]
+                self._append(chunk)
+
+    def _append(self, records: np.ndarray) -> None:
         try:
             if self._handle is None:
                 self._handle = open(self._records, "wb")
@@ -432,40 +466,57 @@ def plot_timeline(collector: _Collector, title: str) -> bytes:
 
 
 def annotate_file(
-    path: Path, paths: OutputPaths, pipeline: Pipeline, *, progress: bool = True, save_faces_every: int = 0
+    path: Path, paths: OutputPaths, pipeline: Pipeline, *, progress: bool = True, save_faces_every: int = 0,
+    video: bool = True,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Annotate one video or image into ``paths`` → (summary, warnings). Raises SourceError/WriterError/OSError.
+    """Annotate one video or image into ``paths`` in this process → (summary, warnings). Raises
+    SourceError/WriterError/OSError.
 
     The outputs are written into a staging folder and replace ``paths.folder`` together once all are complete; on any
     failure the previous result stays as it was. ``save_faces_every`` > 0 also keeps the aligned face crops of every
     N-th frame in ``<name>.faces.npz`` (``images``, ``frame``, ``track_id``): unlabeled faces for
-    ``leaf-fer train --unlabeled-data``."""
+    ``leaf-fer train --unlabeled-data``. ``video`` False writes no annotated video or image (and draws nothing)."""
+    settings = annotation_settings(pipeline.config, save_faces_every, video)
+    stage = _stage(paths)
+    try:
+        with tqdm(desc=path.name, unit="frame", disable=not progress, leave=False, dynamic_ncols=True) as bar:
+            result = annotate_staged(path, paths, stage, pipeline, settings, bar.update)
+        _publish(stage, paths.folder)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return result
+
+
+def annotate_staged(
+    path: Path, paths: OutputPaths, stage: Path, pipeline: Pipeline, settings: dict[str, Any],
+    report: Callable[[int], None],
+) -> tuple[dict[str, Any], list[str]]:
+    """Annotate one input into the folder ``stage`` (the outputs of ``paths``, not yet published), calling
+    ``report(1)`` per frame; error messages name ``paths.folder``."""
     source = open_source(path)
     try:
         if not isinstance(source, (VideoFileSource, ImageSource)):
             raise SourceError(f"{path}: not a video or image file")
-        stage = _stage(paths)
         try:
-            outcome = _write_outputs(path, source, paths.staged(stage), pipeline, progress, save_faces_every)
-            _publish(stage, paths.folder)
+            return _write_outputs(path, source, paths.staged(stage), pipeline, settings, report)
         except WriterError as exc:
             raise WriterError(str(exc).replace(str(stage), str(paths.folder))) from exc
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
     finally:
         source.close()
-    return outcome
 
 
 def _write_outputs(
-    path: Path, source: VideoFileSource | ImageSource, paths: OutputPaths, pipeline: Pipeline, progress: bool,
-    save_faces_every: int,
+    path: Path, source: VideoFileSource | ImageSource, paths: OutputPaths, pipeline: Pipeline,
+    settings: dict[str, Any], report: Callable[[int], None],
 ) -> tuple[dict[str, Any], list[str]]:
+    """One pass in three threads: a reader decodes ahead, this thread runs the pipeline, a writer draws, encodes and
+    writes the CSV (bounded queues between them, so memory stays flat and the stages overlap)."""
     fingerprint = input_fingerprint(path)
     still = isinstance(source, ImageSource)
-    warnings: list[str] = []
+    save_faces_every = settings["save_faces_every"]
     collector = _Collector(pipeline.classes)
     keeper = _FaceKeeper(save_faces_every, paths.faces, pipeline.predictor.input_size)
+    overlay = Overlay(pipeline.config, pipeline.backend_name) if settings["video"] else None
     pipeline.reset()
     started = time.perf_counter()
     annotated_png: bytes | None = None
@@ -473,64 +524,90 @@ def _write_outputs(
         stack.callback(keeper.close)
         csv_writer = stack.enter_context(CsvWriter(paths.csv, pipeline.classes))
         video_writer: VideoWriter | None = None
-        if not still:
+        if overlay is not None and not still:
             assert isinstance(source, VideoFileSource)
             video_writer = stack.enter_context(VideoWriter(paths.media, source.fps, (source.width, source.height)))
-        bar = stack.enter_context(tqdm(
-            total=source.frame_count, desc=path.name, unit="frame", disable=not progress, leave=False, dynamic_ncols=True
-        ))
-        for result in pipeline.run(source):
+
+        def write(result: FrameResult) -> None:
+            nonlocal annotated_png
+            if overlay is not None:
+                began = time.perf_counter()
+                scene = overlay.draw(result.frame.image, result)
+                result.timings.draw_ms = (time.perf_counter() - began) * 1e3
+                if video_writer is not None:
+                    video_writer.write(scene)
+                else:
+                    ok, encoded = cv2.imencode(".png", scene)
+                    if not ok:
+                        raise WriterError(f"{paths.media}: PNG encoding failed")
+                    annotated_png = encoded.tobytes()
             collector.add(result)
-            keeper.add(result)
             csv_writer.write(result)
-            assert result.annotated is not None
-            if video_writer is not None:
-                video_writer.write(result.annotated)
-            else:
-                ok, encoded = cv2.imencode(".png", result.annotated)
-                if not ok:
-                    raise WriterError(f"{paths.media}: PNG encoding failed")
-                annotated_png = encoded.tobytes()
-            bar.update(1)
+
+        writer = stack.enter_context(BackgroundWriter(write, READ_AHEAD))
+        for result in pipeline.run(prefetch(source.frames(), READ_AHEAD)):
+            keeper.add(result)
+            writer.put(result)
+            report(1)
+    outputs = {"csv": paths.csv.name}
     if annotated_png is not None:
         atomic_write_bytes(paths.media, annotated_png)
-    outputs = {"media": paths.media.name, "csv": paths.csv.name}
-    if not still:
-        atomic_write_bytes(paths.timeline, plot_timeline(collector, path.name))
-        outputs["timeline"] = paths.timeline.name
+    if overlay is not None:
+        outputs = {"media": paths.media.name, **outputs}
+        if not still:
+            atomic_write_bytes(paths.timeline, plot_timeline(collector, path.name))
+            outputs["timeline"] = paths.timeline.name
     if save_faces_every > 0:
         keeper.save()
         outputs["faces"] = paths.faces.name
     wall_s = time.perf_counter() - started
-    if isinstance(source, VideoFileSource) and source.truncated:
+    video = isinstance(source, VideoFileSource)
+    warnings: list[str] = []
+    if video and source.truncated:
         warnings.append(f"truncated video: decoded {source.frames_read} of {source.frame_count} declared frames")
     if collector.faces == 0:
         warnings.append("no faces found")
-    fps = source.fps if isinstance(source, VideoFileSource) else 0.0
+    summary = build_summary(
+        path, fingerprint, settings, pipeline.config.to_dict(), pipeline.backend_name, collector, still=still,
+        fps=source.fps if video else 0.0, declared=source.frame_count, truncated=video and source.truncated,
+        saved_faces=keeper.count, wall_s=wall_s, outputs=outputs, warnings=warnings,
+    )
+    atomic_write_json(paths.summary, summary)
+    return summary, warnings
+
+
+def build_summary(
+    path: Path, fingerprint: dict[str, int], settings: dict[str, Any], config: dict[str, Any], backend: str,
+    collector: _Collector, *, still: bool,
+    fps: float, declared: int | None, truncated: bool, saved_faces: int, wall_s: float, outputs: dict[str, str],
+    warnings: list[str],
+) -> dict[str, Any]:
+    """The JSON summary of one finished input (the "done" marker: :func:`is_complete` reads it); ``fingerprint``: the
+    input's as it was read."""
     duration_s = collector.frames / fps if fps else 0.0
-    summary: dict[str, Any] = {
+    return {
         "format": FORMAT,
         "complete": True,
         "input": str(path.resolve()),
         "input_fingerprint": fingerprint,
-        "settings": annotation_settings(pipeline, save_faces_every),
-        "config": pipeline.config.to_dict(),
-        "backend": pipeline.backend_name,
+        "settings": settings,
+        "config": config,
+        "backend": backend,
         "media": {
             "kind": "image" if still else "video",
             "width": collector.width,
             "height": collector.height,
             "fps": round(fps, 4),
-            "declared_frames": source.frame_count,
+            "declared_frames": declared,
             "frames": collector.frames,
             "duration_s": round(duration_s, 3),
-            "truncated": bool(isinstance(source, VideoFileSource) and source.truncated),
+            "truncated": bool(truncated),
         },
         "frames_with_faces": collector.frames_with_faces,
-        "saved_faces": keeper.count,
+        "saved_faces": saved_faces,
         "faces": collector.faces,
         "tracks": collector.track_summaries(),
-        "label_counts": {c: int(n) for c, n in zip(pipeline.classes, collector.label_counts)},
+        "label_counts": {c: int(n) for c, n in zip(collector.classes, collector.label_counts)},
         "timing": {
             "wall_s": round(wall_s, 3),
             "processing_fps": round(collector.frames / wall_s, 2) if wall_s > 0 else 0.0,
@@ -541,8 +618,15 @@ def _write_outputs(
         "outputs": outputs,
         "warnings": warnings,
     }
-    atomic_write_json(paths.summary, summary)
-    return summary, warnings
+
+
+def failure(path: Path | str, exc: BaseException) -> str:
+    """The one line that reports ``exc`` for the input ``path``."""
+    if isinstance(exc, (SourceError, WriterError)):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{path}: {exc.strerror or exc}"
+    return f"{path}: {type(exc).__name__}: {exc}"
 
 
 def annotate_inputs(
@@ -555,60 +639,36 @@ def annotate_inputs(
     on_outcome: Callable[[AnnotateOutcome], None] | None = None,
     pipeline: Pipeline | None = None,
     save_faces_every: int = 0,
+    video: bool = True,
+    workers: int = 1,
+    segment_frames: int | None = None,
+    ray_address: str | None = None,
 ) -> list[AnnotateOutcome]:
-    """Annotate every input (folders expanded) into ``outdir``; one outcome per input, failures included.
+    """Annotate every input (folders expanded) into ``outdir``; one outcome per input, in input order, failures
+    included (``on_outcome`` hears each as it finishes).
 
-    The model is loaded once for all inputs (pass ``pipeline`` to reuse one; it must draw). Finished inputs are
-    skipped unless ``overwrite``. Raises :class:`WriterError` when ``outdir`` is not writable or another run holds it.
+    ``workers`` 1 runs here, loading the model once (pass ``pipeline`` to reuse one); more start that many worker
+    processes, one inference thread each; ``ray_address`` runs the work as Ray tasks instead (``"local"``: a Ray
+    instance of this machine on loopback). With more than one worker, long videos are split into segments (see
+    :mod:`.segments`); ``segment_frames`` sets their length (0: never split; default: the run's frames spread over the
+    workers, at least :data:`~.segments.MIN_SEGMENT_FRAMES` each). Finished inputs are skipped unless ``overwrite``.
+    ``video`` False writes the CSV and the JSON only. Raises :class:`WriterError` when ``outdir`` is not writable or
+    another run holds it. (A script that starts worker processes needs the usual ``if __name__ == "__main__":``.)
     """
+    from .parallel import Scheduler
+
     files = collect_inputs(inputs)
     if not files:
         raise SourceError("no inputs: give video/image files or folders containing them")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    config = pipeline.config if pipeline is not None else config or PipelineConfig()
+    config.validate()
+    settings = annotation_settings(config, save_faces_every, video)
     outdir = Path(outdir)
-    outcomes: list[AnnotateOutcome] = []
     with _exclusive(outdir):
         local = [item for item in files if isinstance(item, Path)]
         names = dict(zip(local, output_names(local, outdir)))
-        owned = pipeline is None
-        if pipeline is None:
-            pipeline = Pipeline(config or PipelineConfig())
-        try:
-            if not pipeline.config.draw:
-                raise ValueError("annotate needs a pipeline that draws (config.draw=True)")
-            settings = annotation_settings(pipeline, save_faces_every)
-            for item in files:
-                if isinstance(item, str):
-                    message = "a stream URL; annotate takes video and image files (watch streams in `leaf-fer gui`)"
-                    outcome = AnnotateOutcome(item, "failed", f"{item}: {message}")
-                else:
-                    name, note = names[item]
-                    paths = OutputPaths.for_input(outdir, name, item.suffix.lower() in IMAGE_EXTENSIONS)
-                    outcome = _annotate_one(item, paths, pipeline, settings, overwrite=overwrite, progress=progress,
-                                            save_faces_every=save_faces_every, note=note)
-                outcomes.append(outcome)
-                if on_outcome is not None:
-                    on_outcome(outcome)
-        finally:
-            if owned:
-                pipeline.close()
-    return outcomes
-
-
-def _annotate_one(
-    path: Path, paths: OutputPaths, pipeline: Pipeline, settings: dict[str, Any], *, overwrite: bool, progress: bool,
-    save_faces_every: int = 0, note: str = "",
-) -> AnnotateOutcome:
-    try:
-        if not overwrite and path.is_file() and is_complete(paths, input_fingerprint(path), settings):
-            return AnnotateOutcome(path, "skipped", "already annotated", paths, note=note)
-        summary, warnings = annotate_file(path, paths, pipeline, progress=progress, save_faces_every=save_faces_every)
-    except (SourceError, WriterError) as exc:
-        return AnnotateOutcome(path, "failed", str(exc), paths)
-    except OSError as exc:
-        return AnnotateOutcome(path, "failed", f"{path}: {exc.strerror or exc}", paths)
-    except Exception as exc:  # one broken input must not stop the batch; the message names the file and the error
-        return AnnotateOutcome(path, "failed", f"{path}: {type(exc).__name__}: {exc}", paths)
-    timing = summary["timing"]
-    speed = f", {timing['realtime_factor']}x real time" if timing.get("realtime_factor") else ""
-    message = f"{summary['media']['frames']} frames, {summary['frames_with_faces']} with faces{speed}"
-    return AnnotateOutcome(path, "done", message, paths, summary, warnings, note)
+        scheduler = Scheduler(outdir, config, settings, overwrite=overwrite, progress=progress, on_outcome=on_outcome,
+                              pipeline=pipeline, workers=workers, segment_frames=segment_frames, ray_address=ray_address)
+        return scheduler.run(files, names)

@@ -145,7 +145,7 @@ def measure(
 
 def measure_annotate(predictor: Predictor, workdir: Path, progress: bool) -> dict[str, Any]:
     """Full ``annotate`` of the sample video (all outputs written) → wall time and speed vs real time."""
-    with Pipeline(PipelineConfig(), predictor=predictor) as pipeline:
+    with Pipeline(PipelineConfig(draw=False), predictor=predictor) as pipeline:
         started = time.perf_counter()
         summary, _ = annotate_file(
             sample_video(), OutputPaths.for_input(workdir / "annotate", "sample", False), pipeline, progress=progress

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 BENCH_BACKENDS = ("onnxruntime", "torch", "tensorrt")
 BACKENDS = ("auto", *BENCH_BACKENDS)
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     """Pipeline options shared by `annotate` and `gui`: model, backend, detector and smoothing."""
     parser.add_argument("--weights", help="weights .safetensors (default: the shipped model)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (default: auto)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="inference precision: auto (the backend's own: FP16 on TensorRT, else FP32), fp32, fp16, or int8 "
+        "(ONNX Runtime, statically quantised, calibrated on face crops; `leaf-fer compile --target onnx-int8`)",
+    )
     parser.add_argument(
         "--detector-range",
         default="short",
@@ -40,6 +53,7 @@ def pipeline_config(args: argparse.Namespace, **overrides: object):
     config = PipelineConfig(
         weights=args.weights,
         backend=args.backend,
+        precision=args.precision,
         detector_range=args.detector_range,
         fallback_detector=args.fallback_detector,
         min_detection_confidence=args.min_confidence,
@@ -56,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "annotate",
         help="annotate videos: overlay video, per-face CSV, JSON summary, expression timeline",
         description="Annotate videos or images (folders are expanded). Without INPUT, annotates the shipped sample "
-        "video. Finished inputs are skipped on a rerun; a failing input is reported and the others continue.",
+        "video. Finished inputs are skipped on a rerun; a failing input is reported and the others continue. Inputs "
+        "run in parallel worker processes, and a long video is split into segments so that it uses every worker.",
     )
     annotate.add_argument("inputs", nargs="*", metavar="INPUT", help="video/image files or folders")
     annotate.add_argument("-o", "--outdir", default="annotations", help="output folder (default: ./annotations)")
@@ -70,6 +85,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also keep the aligned face crops of every N-th frame in <name>.faces.npz: unlabeled faces for "
         "`leaf-fer train --unlabeled-data 'OUTDIR/**/*.faces.npz'` (default 0: off)",
     )
+    annotate.add_argument(
+        "--workers",
+        type=int,
+        default=_cores(),
+        metavar="N",
+        help=f"worker processes, one inference thread each (default: the number of cores, here {_cores()}); 1: this "
+        "process only",
+    )
+    annotate.add_argument("--no-video", action="store_true", help="write the CSV and the JSON only (no annotated video)")
+    annotate.add_argument(
+        "--segment-frames",
+        type=int,
+        metavar="N",
+        help="split videos longer than N frames into segments of about N frames, processed in parallel (0: never; "
+        "default: the run's frames spread over the workers, at least 300 per segment)",
+    )
+    annotate.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the work as Ray tasks on the cluster at ADDRESS (host:port; inputs and OUTDIR on paths every node "
+        "sees), or on a local Ray instance when no address is given; needs `pip install 'leaf-fer[ray]'`",
+    )
     add_pipeline_options(annotate)
     annotate.set_defaults(func=run_annotate)
 
@@ -79,7 +118,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Benchmark the realtime pipeline on the sample video (1 face) and a group clip (several faces) "
         "with each available backend, and time annotate on the sample video.",
     )
-    bench.add_argument("-o", "--outdir", default="reports/realtime", help="report folder (default: reports/realtime)")
+    bench.add_argument("-o", "--outdir", help="report folder (default: reports/realtime, with --throughput reports/throughput)")
+    bench.add_argument(
+        "--throughput",
+        action="store_true",
+        help="measure annotate's throughput instead: 1 vs 2 workers, a long video in segments, 1280x720 with and "
+        "without video, 5 faces int8 vs fp32, and a projection over cores and nodes",
+    )
     bench.add_argument("--frames", type=int, default=200, help="measured frames per run (default 200)")
     bench.add_argument("--warmup", type=int, default=10, help="warm-up frames per run, not counted (default 10)")
     bench.add_argument(
@@ -107,6 +152,8 @@ def run_annotate(args: argparse.Namespace) -> int:
     config = pipeline_config(args)
     if args.save_faces < 0:
         raise ValueError(f"--save-faces must be 0 (off) or a positive frame step, got {args.save_faces}")
+    if args.segment_frames is not None and args.segment_frames < 0:
+        raise ValueError(f"--segment-frames must be 0 (never split) or a positive length, got {args.segment_frames}")
 
     def report(outcome: AnnotateOutcome) -> None:
         print(outcome.line(), file=sys.stderr if outcome.status == "failed" else sys.stdout, flush=True)
@@ -120,6 +167,10 @@ def run_annotate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         on_outcome=report,
         save_faces_every=args.save_faces,
+        video=not args.no_video,
+        workers=args.workers,
+        segment_frames=args.segment_frames,
+        ray_address=args.ray,
     )
     counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")}
     print(
@@ -134,8 +185,15 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.frames < 1 or args.warmup < 0:
         raise ValueError("--frames must be >= 1 and --warmup >= 0")
+    if args.throughput:
+        from .throughput import markdown, run_throughput
+
+        outdir = args.outdir or "reports/throughput"
+        print(markdown(run_throughput(outdir, latency_frames=args.frames)), end="")
+        print(f"bench: wrote {outdir}/throughput.json, throughput.md, throughput.png")
+        return 0
     report = bench(
-        args.outdir,
+        args.outdir or "reports/realtime",
         backends=tuple(args.backends),
         frames=args.frames,
         warmup=args.warmup,
@@ -145,5 +203,5 @@ def run_bench(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(markdown_table(report), end="")
-    print(f"bench: wrote {args.outdir}/bench.json, bench.md, bench.png")
+    print(f"bench: wrote {args.outdir or 'reports/realtime'}/bench.json, bench.md, bench.png")
     return 0

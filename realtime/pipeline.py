@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from leaf_fer.engines import Predictor
+from leaf_fer.engines import PRECISIONS, Predictor
 from leaf_fer.engines import create_predictor as create_engine_predictor
 
 from .align import align_faces
@@ -31,7 +31,7 @@ from .annotators import (
 from .detector import MODEL_FILES, CascadeDetector
 from .smoothing import ProbabilitySmoother
 from .tracker import Tracker
-from .types import FacePrediction, Frame, FrameResult, StageTimings
+from .types import Detection, FacePrediction, Frame, FrameResult, StageTimings
 
 BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
 """Backend names accepted by :class:`PipelineConfig` (the engines' ``create_predictor`` names)."""
@@ -45,17 +45,23 @@ class PipelineConfig:
     dark or group shots). ``min_detection_confidence`` 0.65: real faces in the test clips score 0.88-0.97 with the short-range model,
     while an animated title scores up to 0.61. ``threads``: CPU threads for inference (0 = the backend's default);
     one thread keeps per-frame latency steady, since a batch of a few 48x48 faces gains little from more and an
-    OpenMP team competing with other busy cores stalls for tens to hundreds of milliseconds.
+    OpenMP team competing with other busy cores stalls for tens to hundreds of milliseconds. ``precision``: ``auto``
+    (the backend's own: FP16 on TensorRT, FP32 elsewhere), ``fp32``, ``fp16`` or ``int8`` (ONNX Runtime, statically
+    quantised). ``detect_max_side``: frames larger than this (longer side, px) are detected on a downscaled copy and
+    the boxes and keypoints mapped back (0 = full size); alignment always reads the full-resolution frame. The
+    detectors look at 128-640 px inputs anyway, so this only saves the cost of handing them a large frame.
     """
 
     weights: str | os.PathLike[str] | None = None
     backend: str = "auto"
+    precision: str = "auto"
     detector_range: str = "short"
     fallback_detector: bool = True
     min_detection_confidence: float = 0.65
     smoothing_alpha: float = 0.7
     max_faces: int = 8
     max_lost: int = 15
+    detect_max_side: int = 640
     threads: int = 1
     draw: bool = True
     draw_boxes: bool = True
@@ -67,6 +73,8 @@ class PipelineConfig:
     def validate(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.detector_range not in MODEL_FILES:
             raise ValueError(f"detector range must be one of {', '.join(MODEL_FILES)}; got {self.detector_range!r}")
         if not 0.0 <= self.min_detection_confidence <= 1.0:
@@ -77,6 +85,8 @@ class PipelineConfig:
             raise ValueError(f"max faces must be >= 1; got {self.max_faces}")
         if self.max_lost < 0:
             raise ValueError(f"max lost frames must be >= 0; got {self.max_lost}")
+        if self.detect_max_side < 0:
+            raise ValueError(f"detect max side must be >= 0 (0 = full size); got {self.detect_max_side}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0 = backend default); got {self.threads}")
 
@@ -87,8 +97,40 @@ class PipelineConfig:
 
 
 def create_predictor(config: PipelineConfig) -> Predictor:
-    """The engines' predictor for ``config.backend`` and ``config.weights``, using ``config.threads`` CPU threads."""
-    return create_engine_predictor(config.weights, config.backend, threads=config.threads or None)
+    """The engines' predictor for ``config.backend``, ``config.precision`` and ``config.weights``, using
+    ``config.threads`` CPU threads."""
+    return create_engine_predictor(config.weights, config.backend, precision=config.precision,
+                                   threads=config.threads or None)
+
+
+class Overlay:
+    """The drawing stage: the annotators ``config`` enables, applied in order, in place."""
+
+    def __init__(self, config: PipelineConfig, backend: str) -> None:
+        self.hud = HudAnnotator(backend)
+        chosen: list[tuple[bool, Annotator]] = [
+            (config.draw_boxes, BoxAnnotator()),
+            (config.draw_keypoints, KeypointAnnotator()),
+            (config.draw_bars, ProbabilityBarsAnnotator()),
+            (config.draw_labels, LabelAnnotator()),
+            (config.draw_hud, self.hud),
+        ]
+        self.annotators = [annotator for enabled, annotator in chosen if enabled]
+
+    def draw(self, scene: np.ndarray, result: FrameResult) -> np.ndarray:
+        for annotator in self.annotators:
+            scene = annotator.annotate(scene, result)
+        return scene
+
+
+def scaled_detection(detection: Detection, small: tuple[int, ...], width: int, height: int) -> Detection:
+    """``detection`` found on a downscaled copy of shape ``small``, in the pixels of the ``width`` x ``height``
+    frame."""
+    sx, sy = width / small[1], height / small[0]
+    x1, y1, x2, y2 = detection.box
+    x1, y1 = min(max(x1 * sx, 0.0), width - 1.0), min(max(y1 * sy, 0.0), height - 1.0)
+    box = (x1, y1, min(max(x2 * sx, x1 + 1.0), float(width)), min(max(y2 * sy, y1 + 1.0), float(height)))
+    return Detection(box, detection.score, (detection.keypoints * np.array([sx, sy], np.float32)).astype(np.float32))
 
 
 class Pipeline:
@@ -118,22 +160,11 @@ class Pipeline:
             raise
         self.tracker = Tracker(max_lost=self.config.max_lost)
         self.smoother = ProbabilitySmoother(self.config.smoothing_alpha)
-        self.hud = HudAnnotator(self.predictor.backend_name)
-        self.annotators: list[Annotator] = self._build_annotators()
+        self.overlay = Overlay(self.config, self.predictor.backend_name)
+        self._small: np.ndarray | None = None
         self._rgb: np.ndarray | None = None
         self._gray: np.ndarray | None = None
         self._closed = False
-
-    def _build_annotators(self) -> list[Annotator]:
-        c = self.config
-        chosen: list[tuple[bool, Annotator]] = [
-            (c.draw_boxes, BoxAnnotator()),
-            (c.draw_keypoints, KeypointAnnotator()),
-            (c.draw_bars, ProbabilityBarsAnnotator()),
-            (c.draw_labels, LabelAnnotator()),
-            (c.draw_hud, self.hud),
-        ]
-        return [annotator for enabled, annotator in chosen if enabled]
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -164,10 +195,20 @@ class Pipeline:
             raise ValueError(f"expected a BGR uint8 frame [H, W, 3], got {image.dtype} {image.shape}")
         timings = StageTimings(decode_ms=frame.decode_ms)
         t0 = time.perf_counter()
-        rgb = self._buffer("_rgb", image.shape)
-        cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=rgb)
+        height, width = image.shape[:2]
+        limit = self.config.detect_max_side
+        scale = max(height, width) / limit if limit and max(height, width) > limit else 1.0
+        small = image
+        if scale > 1.0:
+            size = (max(1, round(width / scale)), max(1, round(height / scale)))
+            small = self._buffer("_small", (size[1], size[0], 3))
+            cv2.resize(image, size, dst=small, interpolation=cv2.INTER_AREA)
+        rgb = self._buffer("_rgb", small.shape)
+        cv2.cvtColor(small, cv2.COLOR_BGR2RGB, dst=rgb)
         timestamp_ms = None if frame.still else int(round(frame.timestamp_s * 1000.0))
         detections = self.detector.detect(rgb, timestamp_ms)
+        if scale > 1.0:
+            detections = [scaled_detection(d, small.shape, width, height) for d in detections]
         t1 = time.perf_counter()
         if frame.still:
             self.reset()
@@ -194,10 +235,7 @@ class Pipeline:
         timings.smooth_ms = (t4 - t3) * 1e3
         result = FrameResult(frame=frame, faces=faces, classes=self.classes, timings=timings, crops=crops)
         if self.config.draw:
-            scene = image.copy()
-            for annotator in self.annotators:
-                scene = annotator.annotate(scene, result)
-            result.annotated = scene
+            result.annotated = self.overlay.draw(image.copy(), result)
         end = time.perf_counter()
         timings.draw_ms = (end - t4) * 1e3
         if frame.captured_at:

@@ -12,13 +12,15 @@ import contextlib
 import logging
 import math
 import os
+import queue
 import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -35,8 +37,10 @@ TRUNCATION_TOLERANCE = 0.95
 """A video that decodes fewer than this fraction of the frames its container declares is reported as truncated
 (containers' frame counts are estimates that can be off by a few frames)."""
 
+TIMESTAMP_TOLERANCE_MS = 1e-3
 SourceSpec = int | str | os.PathLike[str]
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class SourceError(RuntimeError):
@@ -111,9 +115,16 @@ def _check_file(path: Path) -> None:
 
 
 class VideoFileSource(Source):
-    """A video file decoded with OpenCV/FFmpeg; ``truncated`` tells, after iteration, whether it ended early."""
+    """A video file decoded with OpenCV/FFmpeg; ``truncated`` tells, after iteration, whether it ended early.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    ``start`` > 0 begins at that frame (numbered as in a read from the start), whose presentation timestamp
+    ``start_ms`` (from :func:`scan_video`) proves that the seek reached it: see :meth:`_seek`. ``stop`` ends before
+    that frame. ``last_ms`` is the timestamp of the last frame read.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], start: int = 0, start_ms: float | None = None, stop: int | None = None
+    ) -> None:
         self.path = Path(path)
         self.name = str(self.path)
         _check_file(self.path)
@@ -127,14 +138,51 @@ class VideoFileSource(Source):
         self.frame_count = count if count > 0 else None
         self.width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         self.height = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self.start = start
+        self.stop = stop
         self.frames_read = 0
         self._started = False
-        start = time.perf_counter()
+        began = time.perf_counter()
         ok, image = self._cap.read()
-        self._first: tuple[np.ndarray, float] | None = (image, (time.perf_counter() - start) * 1e3) if ok else None
+        self._first: tuple[np.ndarray, float] | None = (image, (time.perf_counter() - began) * 1e3) if ok else None
         if self._first is None:
             self._cap.release()
             raise SourceError(f"{self.path}: video has no frames (zero-frame or undecodable file)")
+        self.last_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+        if start > 0:
+            if start_ms is None:
+                raise ValueError("a start frame needs its timestamp (start_ms) to check the seek")
+            began = time.perf_counter()
+            try:
+                image = self._seek(start, start_ms)
+            except BaseException:
+                self._cap.release()
+                raise
+            self._first = (image, (time.perf_counter() - began) * 1e3)
+            self.last_ms = start_ms
+
+    def _seek(self, index: int, msec: float) -> np.ndarray:
+        """The frame ``index``, reached by OpenCV's keyframe seek (``CAP_PROP_POS_FRAMES``) and checked by its
+        timestamp (``CAP_PROP_POS_MSEC``). OpenCV maps positions to timestamps with the average frame rate, which
+        misses on variable-frame-rate files; then it seeks further back (1, 2, 4, ... seconds, down to the start) and
+        decodes forward until the timestamp is the one asked for."""
+        step = max(1, round(self.fps))
+        target = index
+        while True:
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, target)
+            while self._cap.grab():
+                reached = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+                if abs(reached - msec) <= TIMESTAMP_TOLERANCE_MS:
+                    ok, image = self._cap.retrieve()
+                    if ok:
+                        return image
+                    break
+                if reached > msec:
+                    break
+            if target == 0:
+                raise SourceError(f"{self.path}: cannot seek to frame {index} ({msec:.3f} ms): no frame has that timestamp")
+            target = max(0, target - step)
+            step *= 2
 
     @property
     def duration_s(self) -> float:
@@ -143,24 +191,25 @@ class VideoFileSource(Source):
     @property
     def truncated(self) -> bool:
         """True when decoding stopped well before the declared frame count (only meaningful after iteration)."""
-        return self.frame_count is not None and self.frames_read < int(TRUNCATION_TOLERANCE * self.frame_count) - 1
+        return is_truncated(self.start + self.frames_read, self.frame_count)
 
     def frames(self) -> Iterator[Frame]:
         if self._started:
             raise SourceError(f"{self.path}: source already consumed; open it again")
         self._started = True
         try:
-            while True:
+            while self.stop is None or self.start + self.frames_read < self.stop:
                 if self._first is not None:
                     image, decode_ms = self._first
                     self._first = None
                 else:
-                    start = time.perf_counter()
+                    began = time.perf_counter()
                     ok, image = self._cap.read()
-                    decode_ms = (time.perf_counter() - start) * 1e3
+                    decode_ms = (time.perf_counter() - began) * 1e3
                     if not ok or image is None:
                         return
-                index = self.frames_read
+                    self.last_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+                index = self.start + self.frames_read
                 self.frames_read += 1
                 yield Frame(
                     index=index,
@@ -175,6 +224,83 @@ class VideoFileSource(Source):
 
     def close(self) -> None:
         self._cap.release()
+
+
+def is_truncated(frames: int, declared: int | None) -> bool:
+    """True when ``frames`` decoded frames fall well short of the ``declared`` count."""
+    return declared is not None and frames < int(TRUNCATION_TOLERANCE * declared) - 1
+
+
+@dataclass(frozen=True)
+class VideoIndex:
+    """Every frame's presentation timestamp (ms, frame order) and the frames that are keyframes."""
+
+    timestamps_ms: tuple[float, ...]
+    keyframes: tuple[int, ...]
+
+
+def scan_video(path: str | os.PathLike[str], declared: int | None) -> VideoIndex | None:
+    """Read the packets of a video without decoding them (FFmpeg's raw mode): their timestamps and keyframe flags.
+
+    None when they cannot number the frames as a decode from the start would: fewer or more packets than the
+    ``declared`` frames, or two with one timestamp.
+    """
+    capture = _quiet_capture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_FORMAT, -1])
+    try:
+        packets = []
+        while capture.isOpened() and capture.grab():
+            packets.append((capture.get(cv2.CAP_PROP_POS_MSEC), bool(capture.get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME))))
+    finally:
+        capture.release()
+    stamps = sorted(packets)
+    if not stamps or len(stamps) != declared or any(b[0] - a[0] <= TIMESTAMP_TOLERANCE_MS for a, b in zip(stamps, stamps[1:])):
+        return None
+    return VideoIndex(tuple(t for t, _ in stamps), tuple(i for i, (_, key) in enumerate(stamps) if key))
+
+
+def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
+    """Iterate ``items`` on a background thread at most ``depth`` items ahead (a bounded queue, so memory stays
+    flat), yielding them here in order; an exception it raises is raised here. Closing this generator stops it."""
+    buffer: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(("error", exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="leaf-fer-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = buffer.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                assert isinstance(value, BaseException)
+                raise value
+            yield value  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -13,9 +13,12 @@ import contextlib
 import csv
 import json
 import os
+import queue
+import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import cv2
 import numpy as np
@@ -72,6 +75,61 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 _Writer = TypeVar("_Writer", bound="_AtomicFile")
+_Item = TypeVar("_Item")
+
+
+class BackgroundWriter(Generic[_Item]):
+    """Calls ``write(item)`` for every :meth:`put` item on a background thread, in order, with at most ``depth``
+    items waiting (a bounded queue), so encoding and writing overlap with the caller's work. The first exception
+    ``write`` raises is raised again by the next :meth:`put` or by :meth:`close`; later items are dropped, as are
+    the waiting ones when a ``with`` block ends in an exception."""
+
+    _END = object()
+
+    def __init__(self, write: Callable[[_Item], None], depth: int, name: str = "leaf-fer-writer") -> None:
+        self._write = write
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._aborted = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if self._error is None and not self._aborted:
+                try:
+                    self._write(item)  # type: ignore[arg-type]
+                except BaseException as exc:  # raised again in the caller's thread
+                    self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, item: _Item) -> None:
+        self._raise()
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Wait until every item is written; raise the first error."""
+        if self._thread.is_alive():
+            self._queue.put(self._END)
+            self._thread.join()
+        self._raise()
+
+    def __enter__(self) -> "BackgroundWriter[_Item]":
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._thread.is_alive():
+            self._aborted = True
+            self._queue.put(self._END)
+            self._thread.join()
 
 
 class _AtomicFile:
@@ -177,10 +235,7 @@ class VideoWriter(_AtomicFile):
             self._writer = None
 
     def _check(self) -> None:
-        with opencv_quiet():
-            capture = cv2.VideoCapture(str(self.tmp_path), cv2.CAP_FFMPEG)
-            frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
-            capture.release()
+        frames = readable_frames(self.tmp_path)
         if frames != self.frames_written:
             raise WriterError(
                 f"{self.path}: video incomplete, {frames} of {self.frames_written} frames readable (disk full?)"
@@ -191,6 +246,15 @@ class VideoWriter(_AtomicFile):
             self.abort()
             raise WriterError(f"{self.path}: no frames were written")
         return super().close()
+
+
+def readable_frames(path: Path) -> int:
+    """The frame count a video file's container declares, as FFmpeg reads it back (0 when it cannot be opened)."""
+    with opencv_quiet():
+        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+        capture.release()
+    return frames
 
 
 def csv_columns(classes: tuple[str, ...]) -> list[str]:

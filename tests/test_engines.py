@@ -26,6 +26,7 @@ from leaf_fer.engines import (
     OrtPredictor,
     TorchPredictor,
     create_predictor,
+    ferplus_accuracy,
 )
 from leaf_fer.engines import factory
 from leaf_fer.engines.artifacts import read_sidecar, sidecar_path
@@ -47,8 +48,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def onnx_paths(cache_dir: Path) -> dict[str, Path]:
     """FP32 and FP16 ONNX of the shipped weights, exported once for the module."""
     return {
-        "fp32": ensure_onnx(None, fp16=False, cache_dir=cache_dir),
-        "fp16": ensure_onnx(None, fp16=True, cache_dir=cache_dir),
+        "fp32": ensure_onnx(None, cache_dir=cache_dir),
+        "fp16": ensure_onnx(None, precision="fp16", cache_dir=cache_dir),
     }
 
 
@@ -161,7 +162,7 @@ def test_cached_onnx_is_reused_and_a_corrupt_cache_entry_is_recompiled(
     payload[len(payload) // 2] ^= 0xFF
     fp16.write_bytes(bytes(payload))
     with caplog.at_level(logging.WARNING, logger="leaf_fer.engines.export"):
-        assert ensure_onnx(None, fp16=True, cache_dir=copy) == fp16
+        assert ensure_onnx(None, precision="fp16", cache_dir=copy) == fp16
     assert "checksum" in caplog.text
     assert fp16.read_bytes() == onnx_paths["fp16"].read_bytes()
 
@@ -350,6 +351,60 @@ def test_cli_compile_writes_artifact_and_sidecar(
         assert cli_main(["compile", "--target", "tensorrt", "--cache-dir", str(cache_dir)]) == 2
         error = capsys.readouterr().err.strip()
         assert "\n" not in error and ("TensorRT" in error or "GPU" in error)
+
+
+def test_int8_onnx_is_within_half_a_point_of_fp32_on_the_public_test_set(
+    cache_dir: Path, onnx_paths: dict[str, Path], public_test: tuple[np.ndarray, np.ndarray], ort_fp32_probs: np.ndarray,
+    publictest_npz: Path,
+) -> None:
+    int8 = ensure_onnx(None, precision="int8", cache_dir=cache_dir)
+    sidecar = read_sidecar(int8)
+    assert (sidecar.target, sidecar.precision) == ("onnx-int8", "int8") and int8.name.endswith("-int8.onnx")
+    assert sidecar.created_with["calibration"].startswith("sample video faces, ")
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, "QDQ format"
+    assert int8.stat().st_size < 0.5 * onnx_paths["fp32"].stat().st_size
+    images, labels = public_test
+    predictor = OrtPredictor(int8, threads=1)
+    int8_probs = predict_all(predictor, images)
+    fp32_accuracy, int8_accuracy = accuracy(ort_fp32_probs, labels), accuracy(int8_probs, labels)
+    assert abs(fp32_accuracy - int8_accuracy) <= 0.005, f"int8 {int8_accuracy:.4f} vs fp32 {fp32_accuracy:.4f}"
+    assert (int8_probs.argmax(1) == ort_fp32_probs.argmax(1)).mean() >= 0.97
+    assert ferplus_accuracy(predictor, publictest_npz) == pytest.approx(int8_accuracy, abs=1e-9), "evaluate's protocol"
+    stamp = int8.stat().st_mtime_ns
+    assert ensure_onnx(None, precision="int8", cache_dir=cache_dir) == int8 and int8.stat().st_mtime_ns == stamp
+
+
+def test_precision_picks_a_backend_that_runs_it(
+    cache_dir: Path, onnx_paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(factory, "tensorrt_unavailable_reason", lambda: None)
+    chosen = create_predictor(precision="int8", cache_dir=cache_dir)
+    assert chosen.backend_name == "onnxruntime" and chosen.precision == "int8"
+    assert "TensorRT skipped: it builds FP16 engines, int8 asked" in chosen.backend_reason
+    assert create_predictor(precision="fp32", cache_dir=cache_dir).model_path == onnx_paths["fp32"]
+    for backend, precision in (("torch", "int8"), ("tensorrt", "fp32"), ("torch", "fp16")):
+        with pytest.raises(BackendUnavailableError, match=f"the {backend} backend runs .*, not {precision}"):
+            create_predictor(backend=backend, precision=precision, cache_dir=cache_dir)
+    with pytest.raises(ValueError, match="unknown precision"):
+        create_predictor(precision="bf16")
+
+
+def test_cli_compiles_int8_on_a_given_calibration_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], train_npz: Path
+) -> None:
+    faces = tmp_path / "faces.npz"
+    with np.load(train_npz) as train:
+        np.savez(faces, images=train["images"][:64])
+    assert cli_main(["compile", "--target", "onnx-int8", "--calibration", str(faces), "--output", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert Path(printed[0]).parent == tmp_path / "o" and "calibrated on faces.npz, 64 faces" in printed[1]
+    (tmp_path / "bad.npz").write_text("not an npz")
+    assert cli_main(["compile", "--target", "onnx-int8", "--calibration", str(tmp_path / "bad.npz"),
+                     "--output", str(tmp_path / "o2")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("leaf-fer compile: error:") and "bad.npz" in error and "\n" not in error
+    assert not (tmp_path / "o2").exists(), "refused before anything is compiled"
 
 
 def test_summarize_reports_median_and_p95_per_face() -> None:

@@ -23,6 +23,7 @@ OPTION_HELP = {
     "extra_data": "further labeled sets in any --data format, each PATH or PATH@WEIGHT (draws per face per epoch)",
     "init_weights": "start from these weights (.safetensors of the same network) instead of from scratch",
     "logit_adjustment": "τ of the logit-adjusted loss against the class prior (0: off; 1: balanced-error optimal)",
+    "posed_label_weight": "labels CSVs with vote shares: the weight of the file's label against the observers' votes",
     "domain_augment": "labeled view with illumination, low resolution, noise, occluders and wider framing jitter",
     "ferplus_csv": "fer2013new.csv (FER+ votes) to pair with fer2013.csv",
     "val_data": "validation faces (default: a stratified --val-fraction of --data)",
@@ -93,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              help="npz (images + ferplus_votes or labels), a class-folder tree or a labels CSV")
     eval_parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
     eval_parser.add_argument("--output", type=Path,
-                             help="end to end: folder for evaluation.json and confusion.png (default: none)")
+                             help="folder for evaluation.json and confusion.png (default: none)")
     eval_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_pipeline_options(eval_parser)
     eval_parser.set_defaults(func=run_evaluate)
@@ -155,10 +156,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
             write_report(report, args.output, f"{args.data.name}, end to end")
             print(f"evaluate: wrote {args.output}/evaluation.json, confusion.png")
         return 0
+    from .metrics import plot_confusion
+
     scores, protocol = evaluate_weights(args.weights, args.data)
     print(f"{args.data} ({protocol}, {len(scores.classes)} classes)")
     print(scores.summary())
+    payload = json.dumps({"data": str(args.data), "protocol": protocol, **scores.to_dict()}, indent=2).encode()
     if args.json:
-        payload = {"data": str(args.data), "protocol": protocol, **scores.to_dict()}
-        atomic_write_bytes(args.json, json.dumps(payload, indent=2).encode())
+        atomic_write_bytes(args.json, payload)
+    if args.output:
+        atomic_write_bytes(args.output / "evaluation.json", payload)
+        plot_confusion(scores, args.output / "confusion.png", f"{args.data.name}, {protocol}")
+        print(f"evaluate: wrote {args.output}/evaluation.json, confusion.png")
     return 0

@@ -34,7 +34,8 @@ VOTE_SHARE_COLUMNS = {"vote_peace": "neutral", "vote_happy": "happiness", "vote_
                       "vote_contempt": "contempt"}
 """Observer vote-share columns a labels CSV may carry (TCCE's layout), by FER+ class."""
 POSED_LABEL_WEIGHT = 0.5
-"""With vote shares, the target is this much the file's label (posed or majority) and the rest the observers' votes."""
+"""With vote shares, the target is this much the file's label (posed or majority) and the rest the observers' votes
+(the default of ``leaf-fer train --posed-label-weight``)."""
 FERPLUS_VOTE_COLUMNS = (*FERPLUS_CLASSES, "unknown", "NF")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm"}
 CLASS_SYNONYMS = {
@@ -283,11 +284,13 @@ def _resolve(base: Path, name: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def load_labels_csv(path: str | Path) -> FaceData:
+def load_labels_csv(path: str | Path, label_weight: float = POSED_LABEL_WEIGHT) -> FaceData:
     """A labels CSV: ``file`` (relative to the CSV's folder, or absolute) and ``label`` (a class name) per row.
 
     Vote-share columns (:data:`VOTE_SHARE_COLUMNS`, TCCE's layout) turn the target into a distribution: weight
-    :data:`POSED_LABEL_WEIGHT` on the label, the rest on the observers' normalised votes."""
+    ``label_weight`` on the label, the rest on the observers' normalised votes."""
+    if not 0.0 <= label_weight <= 1.0:
+        raise DataError(f"the label's weight against the vote shares must be in [0, 1], got {label_weight}")
     path = Path(path)
     _require_file(path)
     rows = _read_csv(path, required=("file", "label"))
@@ -306,7 +309,7 @@ def load_labels_csv(path: str | Path) -> FaceData:
             shares[:, FERPLUS_CLASSES.index(VOTE_SHARE_COLUMNS[column])] = votes[:, j]
         total = shares.sum(axis=1, keepdims=True)
         shares = np.where(total > 0, shares / np.maximum(total, 1e-6), soft)
-        soft = POSED_LABEL_WEIGHT * soft + (1 - POSED_LABEL_WEIGHT) * shares
+        soft = label_weight * soft + (1 - label_weight) * shares
     crops, found = face_images(files)
     if not found.any():
         raise DataError(f"{path}: no face found in any image")
@@ -389,9 +392,11 @@ def csv_columns(path: Path) -> list[str]:
         return [c.strip() for c in next(csv.reader(handle), [])]
 
 
-def load_dataset(path: str | Path, ferplus_csv: str | Path | None = None, usage: str | None = "Training") -> FaceData:
+def load_dataset(path: str | Path, ferplus_csv: str | Path | None = None, usage: str | None = "Training",
+                 label_weight: float = POSED_LABEL_WEIGHT) -> FaceData:
     """Dispatch on the path: ``.npz``; a CSV by its columns (fer2013.csv with ``ferplus_csv`` optional, an AffectNet
-    CSV, a labels CSV); RAF-DB's ``.txt`` list file; or a class-folder tree."""
+    CSV, a labels CSV, whose vote shares weigh against its label as ``label_weight`` says); RAF-DB's ``.txt`` list
+    file; or a class-folder tree."""
     path = Path(path)
     if path.suffix == ".npz":
         return load_npz(path)
@@ -402,7 +407,7 @@ def load_dataset(path: str | Path, ferplus_csv: str | Path | None = None, usage:
         if "subDirectory_filePath" in columns:
             return load_affectnet_csv(path)
         if {"file", "label"} <= set(columns):
-            return load_labels_csv(path)
+            return load_labels_csv(path, label_weight)
         raise DataError(f"{path}: unknown CSV layout (columns {columns}); expected fer2013.csv (emotion, pixels, Usage), "
                         "a labels CSV (file, label) or an AffectNet CSV (subDirectory_filePath, face_x, ..., expression)")
     if path.suffix == ".txt":

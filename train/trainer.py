@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .augment import domain_augment, weak_augment
 from .algorithms import (ALGORITHMS, LEAF_CONTRASTIVE_TEMPERATURE, LEAF_CONTRASTIVE_WEIGHT, LEAF_LABELED_WEIGHT, Algorithm,
                          Batch)
-from .data import load_dataset, load_unlabeled_faces, stratified_fraction, targets_for
+from .data import POSED_LABEL_WEIGHT, load_dataset, load_unlabeled_faces, stratified_fraction, targets_for
 from .metrics import Scores, plot_confusion, plot_curves, score
 from .model import FER2013_CLASSES, FERPLUS_CLASSES, LeafNet, ModelConfig, count_parameters
 from .weights import WeightsMetadata, atomic_write_bytes, file_sha256, load_weights, save_weights
@@ -74,6 +74,7 @@ class TrainConfig:
     init_weights: str | None = None
     logit_adjustment: float = 0.0
     domain_augment: bool = False
+    posed_label_weight: float = POSED_LABEL_WEIGHT
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -193,7 +194,7 @@ def prepare_splits(config: TrainConfig) -> Splits:
     extra_hashes: list[str] = []
     for spec in config.extra_data:
         path, weight = split_extra(spec)
-        extra = load_dataset(path)
+        extra = load_dataset(path, label_weight=config.posed_label_weight)
         extra_targets = targets_for(extra, classes)
         rows = np.flatnonzero(extra_targets.usable)
         print(f"extra data {path}: {len(rows)} faces, weight {weight:g}")
