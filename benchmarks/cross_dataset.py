@@ -19,12 +19,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from leaf_fer.realtime.evaluate import evaluate_end_to_end
-from leaf_fer.realtime.pipeline import PipelineConfig
-from leaf_fer.train.evaluate import evaluate_weights
+from leaf_fer.realtime.evaluate import evaluate_end_to_end, evaluate_npz
+from leaf_fer.realtime.pipeline import PipelineConfig, create_predictor
 from leaf_fer.train.metrics import save_figure
-from leaf_fer.train.weights import atomic_write_bytes
+
+from leaf_fer.common import atomic_write_bytes
 
 FOCUS = ("anger", "disgust", "fear")
 
@@ -46,7 +45,8 @@ def measure(weights: Path, tcce: list[Path], contempt: Path | None, publictest: 
         row["contempt"] = {"recall": report.scores.per_class_recall["contempt"], "no_face_rate": report.no_face_rate,
                            "predicted": dict(zip(report.scores.classes, (predicted / predicted.sum()).tolist()))}
     if publictest is not None:
-        scores, _ = evaluate_weights(weights, publictest)
+        with create_predictor(config) as predictor:
+            scores, _ = evaluate_npz(predictor, publictest)
         row["publictest"] = {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1,
                              "per_class_recall": scores.per_class_recall}
     return row

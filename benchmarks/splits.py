@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leaf_fer.train.weights import atomic_write_bytes
+from leaf_fer.common import atomic_write_bytes
 
 
 def performer_folds(labels: Path, folds: int, seed: int) -> list[tuple[list[dict[str, str]], list[dict[str, str]]]]:

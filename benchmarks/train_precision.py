@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-
 from leaf_fer.train.algorithms import Batch
+from leaf_fer.train.config import TrainConfig, read_config_file
 from leaf_fer.train.model import LeafNet
-from leaf_fer.train.trainer import TrainConfig, make_algorithm, native_bf16, resolve_precision
-from leaf_fer.train.weights import atomic_write_bytes
+from leaf_fer.train.trainer import make_algorithm, native_bf16, resolve_precision
+
+from leaf_fer.common import atomic_write_bytes
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -58,7 +58,7 @@ def step_seconds(config: TrainConfig, steps: int, warmup: int) -> dict[str, list
 
 
 SETTINGS = [  # training config, torch threads, methods: the protocol's runs train one thread each, two at once
-    (Path("train/configs/ssl_10pct_9000.yaml"), 1, ["leaf", "supervised"]),
+    (Path("research/configs/ssl_10pct_9000.yaml"), 1, ["leaf", "supervised"]),
     (Path("train/configs/default.yaml"), 2, ["supervised"]),
 ]
 
@@ -72,7 +72,7 @@ def main() -> None:
     rows = []
     for config_path, threads, methods in SETTINGS:
         torch.set_num_threads(threads)
-        protocol = TrainConfig.from_dict(yaml.safe_load(config_path.read_text()))
+        protocol = TrainConfig.from_dict(read_config_file(config_path))
         for method in methods:
             config = replace(protocol, method=method)
             timings = step_seconds(config, args.steps, args.warmup)

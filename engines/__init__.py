@@ -1,7 +1,8 @@
-"""Inference engines: one :class:`Predictor` interface over torch, ONNX Runtime and TensorRT.
+"""Inference engines: one :class:`Predictor` interface over ONNX Runtime, TensorRT and torch.
 
 ``create_predictor(backend="auto")`` picks TensorRT on an NVIDIA GPU with TensorRT, else ONNX Runtime, else torch.
-Backend modules (and onnxruntime / onnx) load on first use; ``tensorrt`` is imported only when TensorRT is used.
+Every name below loads its module on first use, so importing the package costs nothing; ``tensorrt`` is imported only
+when TensorRT is used, torch only by the torch backend and by compiling.
 """
 
 from __future__ import annotations
@@ -9,44 +10,29 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .artifacts import (
-    BackendUnavailableError,
-    EngineError,
-    EngineMismatchError,
-    Sidecar,
-    TrtEnvironment,
-    default_cache_dir,
-    read_sidecar,
-)
-from .factory import BACKENDS, PRECISIONS, create_predictor
-from .predictor import Predictor, TorchPredictor
-
 _LAZY = {
+    "BACKENDS": ".names",
+    "PRECISIONS": ".names",
+    "BackendUnavailableError": ".artifacts",
+    "EngineError": ".artifacts",
+    "EngineMismatchError": ".artifacts",
+    "Sidecar": ".artifacts",
+    "TrtEnvironment": ".artifacts",
+    "default_cache_dir": ".artifacts",
+    "read_sidecar": ".artifacts",
+    "create_predictor": ".factory",
+    "Predictor": ".predictor",
     "OrtPredictor": ".onnxruntime_backend",
+    "TorchPredictor": ".torch_backend",
     "TrtPredictor": ".tensorrt_backend",
     "compile_onnx": ".export",
     "convert_to_fp16": ".export",
-    "ferplus_accuracy": ".quantize",
-    "ensure_onnx": ".export",
+    "ensure_onnx": ".onnx_store",
     "ensure_engine": ".tensorrt_backend",
     "run_benchmark": ".benchmark",
 }
 
-__all__ = [
-    "BACKENDS",
-    "PRECISIONS",
-    "BackendUnavailableError",
-    "EngineError",
-    "EngineMismatchError",
-    "Predictor",
-    "Sidecar",
-    "TorchPredictor",
-    "TrtEnvironment",
-    "create_predictor",
-    "default_cache_dir",
-    "read_sidecar",
-    *_LAZY,
-]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaf_fer.train.model import ModelConfig
-from leaf_fer.train.weights import atomic_write_bytes, file_sha256
+from leaf_fer.train.model_spec import ModelConfig
+
+from leaf_fer.common import LeafFerError, atomic_write_bytes, file_sha256, one_line
 
 FORMAT = "leaf-fer-engine/1"
 TARGETS: tuple[str, ...] = ("onnx", "onnx-fp16", "onnx-int8", "tensorrt")
@@ -28,7 +29,7 @@ INPUT_NAME = "pixels"
 OUTPUT_NAME = "probs"
 
 
-class EngineError(ValueError):
+class EngineError(LeafFerError, ValueError):
     """A compiled artifact that is missing, corrupt, or does not match its sidecar, the model or this machine."""
 
 
@@ -257,8 +258,3 @@ def check_compatible(
             )
     if max_batch is not None and sidecar.max_batch is not None and max_batch > sidecar.max_batch:
         raise EngineMismatchError(f"{artifact}: built for at most {sidecar.max_batch} faces a batch, {max_batch} asked")
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message folded onto one line."""
-    return " ".join(str(exc).split())

@@ -6,7 +6,6 @@ alike; the ONNX Runtime / torch ratio at batch 1 is reported against the require
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import platform
@@ -18,19 +17,16 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-import torch
+from leaf_fer.train.weights import default_weights_path, model_hash
 from tqdm import tqdm
 
 import leaf_fer
-from leaf_fer.train.weights import atomic_write_bytes, default_weights_path, model_hash
+from leaf_fer.common import ConfigError, atomic_write_bytes, figure_png, new_figure
 
 from .artifacts import EngineError
+from .names import BENCH_BACKENDS, DEFAULT_BATCHES, REQUIRED_ORT_SPEEDUP
 from .onnxruntime_backend import default_threads
 from .predictor import Predictor
-
-BENCH_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "tensorrt")
-DEFAULT_BATCHES: tuple[int, ...] = (1, 4, 16)
-REQUIRED_ORT_SPEEDUP = 1.5
 
 
 @dataclass
@@ -63,6 +59,15 @@ def _open(backend: str, weights: str | os.PathLike[str] | None, cache_dir: str |
     return create_predictor(weights, backend, cache_dir, threads=threads, max_batch=max_batch)
 
 
+def _torch_if_installed() -> Any:
+    """The torch module, or None where the package is installed without ``[train]``."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
 def run_benchmark(
     weights: str | os.PathLike[str] | None = None,
     *,
@@ -78,11 +83,12 @@ def run_benchmark(
     """Time ``predict`` for each backend and batch size; backends that cannot run here are listed with the reason."""
     unknown = [name for name in backends if name not in BENCH_BACKENDS]
     if unknown:
-        raise ValueError(f"unknown backend(s) {unknown}; choose from {', '.join(BENCH_BACKENDS)}")
+        raise ConfigError(f"unknown backend(s) {unknown}; choose from {', '.join(BENCH_BACKENDS)}")
     if iterations < 1 or warmup < 0 or not batches or min(batches) < 1:
-        raise ValueError("iterations must be ≥ 1, warmup ≥ 0 and every batch size ≥ 1")
+        raise ConfigError("iterations must be ≥ 1, warmup ≥ 0 and every batch size ≥ 1")
     threads = threads if threads is not None else default_threads()
-    previous_threads = torch.get_num_threads()
+    torch = _torch_if_installed()
+    previous_threads = torch.get_num_threads() if torch else None
     predictors: dict[str, Predictor] = {}
     skipped: dict[str, str] = {}
     results: list[LatencyStats] = []
@@ -92,7 +98,8 @@ def run_benchmark(
                 predictors[name] = _open(name, weights, cache_dir, threads, max(batches))
             except EngineError as exc:
                 skipped[name] = str(exc)
-        torch.set_num_threads(threads)
+        if torch:
+            torch.set_num_threads(threads)
         rng = np.random.default_rng(0)
         size = next(iter(predictors.values())).input_size if predictors else 48
         total = len(batches) * (iterations + warmup) * len(predictors)
@@ -110,7 +117,8 @@ def run_benchmark(
                         bar.update(1)
                 results.extend(summarize(name, batch, times[name]) for name in predictors)
     finally:
-        torch.set_num_threads(previous_threads)
+        if torch:
+            torch.set_num_threads(previous_threads)
         for predictor in predictors.values():
             predictor.close()
     return _report(results, skipped, predictors, threads, weights, iterations, warmup, required_speedup)
@@ -132,6 +140,7 @@ def _report(
         ratio = by_key[("torch", 1)].median_ms_per_face / by_key[("onnxruntime", 1)].median_ms_per_face
         speedup.update(ratio=round(ratio, 3), meets_requirement=ratio >= required_speedup)
     weights_path = Path(weights) if weights is not None else default_weights_path()
+    torch = _torch_if_installed()
     return {
         "model_hash": model_hash(weights_path),
         "environment": {
@@ -140,9 +149,9 @@ def _report(
             "cpu_count": os.cpu_count(),
             "threads": threads,
             "leaf_fer": leaf_fer.__version__,
-            "torch": torch.__version__,
+            "torch": torch.__version__ if torch else None,
             "onnxruntime": ort.__version__,
-            "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "cuda_device": torch.cuda.get_device_name() if torch and torch.cuda.is_available() else None,
         },
         "protocol": {
             "iterations": iterations,
@@ -184,15 +193,11 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 def bar_chart_png(report: dict[str, Any]) -> bytes:
     """Grouped bars: median ms per face for each backend at each batch size, p95 as the error bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     backends = list(dict.fromkeys(r["backend"] for r in report["results"]))
     batches = sorted({r["batch"] for r in report["results"]})
     rows = {(r["backend"], r["batch"]): r for r in report["results"]}
-    figure, axis = plt.subplots(figsize=(7, 3.6), dpi=100)
+    figure = new_figure(7, 3.6)
+    axis = figure.subplots()
     width = 0.8 / max(1, len(backends))
     for index, backend in enumerate(backends):
         xs = [b + 0.0 for b in range(len(batches))]
@@ -208,10 +213,7 @@ def bar_chart_png(report: dict[str, Any]) -> bytes:
     axis.set_title("leaf-fer inference latency per face")
     axis.legend(fontsize=8)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return figure_png(figure)
 
 
 def write_report(report: dict[str, Any], output_dir: str | os.PathLike[str]) -> dict[str, Path]:

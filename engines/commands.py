@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from leaf_fer.common import ConfigError, LeafFerError
+
 from .artifacts import PRECISIONS, TARGETS, read_sidecar
 
 
@@ -27,7 +29,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .benchmark import BENCH_BACKENDS, DEFAULT_BATCHES, REQUIRED_ORT_SPEEDUP
+    from .names import BENCH_BACKENDS, DEFAULT_BATCHES, REQUIRED_ORT_SPEEDUP
 
     compile_parser = subparsers.add_parser(
         "compile", help="compile the model to ONNX (FP32/FP16) or a TensorRT engine, with a JSON sidecar"
@@ -83,11 +85,11 @@ def run_compile(args: argparse.Namespace) -> int:
             force=args.force,
         )
     else:
-        from .export import compile_onnx, ensure_onnx
+        from .onnx_store import ensure_onnx
 
         precision = PRECISIONS[args.target]
         if args.calibration is not None and args.target != "onnx-int8":
-            raise ValueError("--calibration is for --target onnx-int8")
+            raise ConfigError("--calibration is for --target onnx-int8")
         if args.force or args.calibration is not None:
             output = args.output
             if output is None:
@@ -96,6 +98,8 @@ def run_compile(args: argparse.Namespace) -> int:
                 from .artifacts import model_cache_dir
 
                 output = model_cache_dir(args.cache_dir, model_hash(args.weights or default_weights_path()))
+            from .export import compile_onnx
+
             path = compile_onnx(args.weights, output, precision=precision, calibration=args.calibration)
         else:
             path = ensure_onnx(args.weights, precision=precision, cache_dir=args.cache_dir, output_dir=args.output)
@@ -131,7 +135,7 @@ def run_bench(args: argparse.Namespace) -> int:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     speedup = report["ort_vs_torch_batch1"]
     if speedup.get("meets_requirement") is False:
-        raise RuntimeError(
+        raise LeafFerError(
             f"ONNX Runtime is only {speedup['ratio']:.2f}x faster than torch at batch 1 (required {speedup['required']}x)"
         )
     return 0

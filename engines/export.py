@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from leaf_fer.train.model import InferenceModel, LeafNet
+from leaf_fer.train.weights import WeightsMetadata, default_weights_path, load_weights, model_hash
 from onnx import TensorProto, helper, numpy_helper
 
 import leaf_fer
-from leaf_fer.train.model import InferenceModel, LeafNet
-from leaf_fer.train.weights import WeightsMetadata, default_weights_path, load_weights, model_hash, read_metadata
+from leaf_fer.common import ConfigError, one_line
 
 from .artifacts import (
     INPUT_NAME,
@@ -35,14 +35,8 @@ from .artifacts import (
     EngineError,
     Sidecar,
     artifact_filename,
-    check_compatible,
-    load_artifact,
-    model_cache_dir,
-    one_line,
     write_artifact,
 )
-
-log = logging.getLogger(__name__)
 
 OPSET = 18
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -263,37 +257,37 @@ def compile_onnx(
     (INT8: calibrated on ``calibration``, an npz of face crops, or on the sample video's faces); returns the requested
     artifact."""
     if precision not in ONNX_TARGETS:
-        raise ValueError(f"ONNX precision must be one of {', '.join(ONNX_TARGETS)}; got {precision!r}")
+        raise ConfigError(f"ONNX precision must be one of {', '.join(ONNX_TARGETS)}; got {precision!r}")
     weights_path = Path(weights) if weights is not None else default_weights_path()
     net, metadata = load_weights(weights_path)
     weights_hash = model_hash(weights_path)
     output_dir = Path(output_dir)
-    calibrated = _calibration(calibration, metadata) if precision == "int8" else None
+    calibrated = calibration_set(calibration, metadata) if precision == "int8" else None
     fp32_model = export_onnx_model(net)
     classes = tuple(metadata.model.classes)
     fp32_path = output_dir / artifact_filename(weights_hash, "onnx", model=metadata.model.to_dict())
     write_artifact(fp32_path, serialize_onnx(fp32_model, weights_hash, classes, "fp32"), onnx_sidecar(fp32_model, metadata, weights_hash, "onnx"))
     if precision == "fp16":
-        return _write_fp16(fp32_model, metadata, weights_hash, output_dir)
+        return write_fp16(fp32_model, metadata, weights_hash, output_dir)
     if calibrated is not None:
-        return _write_int8(fp32_path, metadata, weights_hash, output_dir, calibrated)
+        return write_int8(fp32_path, metadata, weights_hash, output_dir, calibrated)
     return fp32_path
 
 
-def _write_fp16(fp32_model: onnx.ModelProto, metadata: WeightsMetadata, weights_hash: str, output_dir: Path) -> Path:
+def write_fp16(fp32_model: onnx.ModelProto, metadata: WeightsMetadata, weights_hash: str, output_dir: Path) -> Path:
     fp16_model = convert_to_fp16(fp32_model)
     path = output_dir / artifact_filename(weights_hash, "onnx-fp16", model=metadata.model.to_dict())
     payload = serialize_onnx(fp16_model, weights_hash, tuple(metadata.model.classes), "fp16")
     return write_artifact(path, payload, onnx_sidecar(fp16_model, metadata, weights_hash, "onnx-fp16"))
 
 
-def _calibration(path: str | os.PathLike[str] | None, metadata: WeightsMetadata) -> tuple[np.ndarray, str]:
+def calibration_set(path: str | os.PathLike[str] | None, metadata: WeightsMetadata) -> tuple[np.ndarray, str]:
     from .quantize import calibration_faces
 
     return calibration_faces(path, metadata.model.input_size)
 
 
-def _write_int8(
+def write_int8(
     fp32_path: Path, metadata: WeightsMetadata, weights_hash: str, output_dir: Path, calibrated: tuple[np.ndarray, str]
 ) -> Path:
     from .quantize import quantize_int8
@@ -304,65 +298,3 @@ def _write_int8(
     path = output_dir / artifact_filename(weights_hash, "onnx-int8", model=metadata.model.to_dict())
     payload = serialize_onnx(int8_model, weights_hash, tuple(metadata.model.classes), "int8")
     return write_artifact(path, payload, onnx_sidecar(int8_model, metadata, weights_hash, "onnx-int8", calibration=described))
-
-
-def ensure_onnx(
-    weights: str | os.PathLike[str] | None,
-    *,
-    precision: str = "fp32",
-    cache_dir: str | os.PathLike[str] | None = None,
-    output_dir: str | os.PathLike[str] | None = None,
-) -> Path:
-    """The ONNX of ``precision`` (fp32, fp16 or int8) for these weights and their metadata, compiled on first use or
-    when the existing copy is stale or corrupt (an INT8 model is calibrated on the sample video's faces unless one
-    compiled with ``leaf-fer compile --target onnx-int8 --calibration`` is there).
-
-    It lives in ``output_dir`` when given, else in the per-model folder of the cache (``cache_dir`` or the default);
-    when that folder cannot be written, it is compiled into a new temporary folder instead (one warning).
-    """
-    if precision not in ONNX_TARGETS:
-        raise ValueError(f"ONNX precision must be one of {', '.join(ONNX_TARGETS)}; got {precision!r}")
-    weights_path = Path(weights) if weights is not None else default_weights_path()
-    weights_hash = model_hash(weights_path)
-    directory = Path(output_dir) if output_dir is not None else model_cache_dir(cache_dir, weights_hash)
-    target = ONNX_TARGETS[precision]
-    wanted = directory / artifact_filename(weights_hash, target, model=read_metadata(weights_path).model.to_dict())
-    reason = _cache_problem(wanted, target, weights_hash)
-    if reason is None:
-        return wanted
-    unwritable = None if output_dir is not None else _unwritable(directory)
-    if unwritable is not None:
-        fallback = Path(tempfile.mkdtemp(prefix="leaf-fer-engines-"))
-        log.warning("%s: cache folder not writable (%s); compiling into %s instead", directory, unwritable, fallback)
-        return ensure_onnx(weights_path, precision=precision, output_dir=fallback)
-    log.info("compiling %s ONNX for model %s (%s)", precision.upper(), weights_hash, reason)
-    if precision == "fp32":
-        return compile_onnx(weights_path, directory)
-    fp32_path = ensure_onnx(weights_path, output_dir=directory)
-    _, metadata = load_weights(weights_path)
-    if precision == "fp16":
-        return _write_fp16(onnx.load(str(fp32_path)), metadata, weights_hash, directory)
-    return _write_int8(fp32_path, metadata, weights_hash, directory, _calibration(None, metadata))
-
-
-def _unwritable(directory: Path) -> str | None:
-    """Why no file can be created in ``directory`` (None when one can)."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=directory).close()
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
-def _cache_problem(path: Path, target: str, weights_hash: str) -> str | None:
-    """Why the cached artifact cannot be used, or None when it can."""
-    if not path.is_file():
-        return "not cached yet"
-    try:
-        sidecar = load_artifact(path, target=target)
-        check_compatible(sidecar, path, model_hash=weights_hash)
-    except EngineError as exc:
-        log.warning("recompiling cached artifact: %s", exc)
-        return str(exc)
-    return None

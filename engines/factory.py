@@ -4,20 +4,18 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 
-import torch
+from leaf_fer.common import ConfigError
 
 from .artifacts import BackendUnavailableError
-from .predictor import Predictor, TorchPredictor
+from .names import BACKENDS, PRECISIONS, SUPPORTED
+from .predictor import Predictor
 
 log = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "int8")
-SUPPORTED: dict[str, tuple[str, ...]] = {"tensorrt": ("fp16",), "onnxruntime": ("fp32", "fp16", "int8"), "torch": ("fp32",)}
-"""The precisions each backend runs."""
 PathArg = str | os.PathLike[str] | None
 
 
@@ -30,8 +28,17 @@ def onnxruntime_unavailable_reason() -> str | None:
     return None
 
 
+def torch_unavailable_reason() -> str | None:
+    """Why the torch backend cannot be used (None when it can): torch comes with ``leaf-fer[train]``."""
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed (pip install 'leaf-fer[train]')"
+    return None
+
+
 def tensorrt_unavailable_reason() -> str | None:
-    """Why TensorRT cannot be used (None when it can); never imports tensorrt where it is absent."""
+    """Why TensorRT cannot be used (None when it can); never imports tensorrt (or torch) where it is absent."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed (pip install 'leaf-fer[tensorrt]')"
     from .tensorrt_backend import tensorrt_unavailable_reason as probe
 
     return probe()
@@ -55,9 +62,9 @@ def create_predictor(
     it (``int8`` and ``fp32``: ONNX Runtime).
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        raise ConfigError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     if backend != "auto" and precision != "auto" and precision not in SUPPORTED[backend]:
         raise BackendUnavailableError(
             f"the {backend} backend runs {' or '.join(SUPPORTED[backend])}, not {precision}; "
@@ -75,6 +82,9 @@ def create_predictor(
             raise BackendUnavailableError(f"ONNX Runtime backend unavailable: {reason}")
         return _onnxruntime(weights, cache_dir, artifact, onnx_precision, threads, "requested")
     if backend == "torch":
+        reason = torch_unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailableError(f"torch backend unavailable: {reason}")
         return _torch(weights, threads, "requested")
 
     skipped: list[str] = []
@@ -89,6 +99,9 @@ def create_predictor(
     skipped.append(f"ONNX Runtime skipped: {reason}")
     if precision not in ("auto", "fp32"):
         raise BackendUnavailableError(f"no backend runs {precision} here: " + "; ".join(skipped))
+    reason = torch_unavailable_reason()
+    if reason is not None:
+        raise BackendUnavailableError("no backend runs here: " + "; ".join([*skipped, f"torch skipped: {reason}"]))
     return _torch(weights, threads, "auto; " + "; ".join(skipped))
 
 
@@ -114,10 +127,14 @@ def _onnxruntime(
 
 
 def _torch(weights: PathArg, threads: int | None, reason: str) -> Predictor:
+    import torch
+
+    from .torch_backend import TorchPredictor
+
     if threads is not None:
         torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return _announce(TorchPredictor(weights, device=device), reason)
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "SUPPORTED", "create_predictor", "onnxruntime_unavailable_reason", "tensorrt_unavailable_reason"]
+__all__ = ["create_predictor", "onnxruntime_unavailable_reason", "tensorrt_unavailable_reason", "torch_unavailable_reason"]

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from leaf_fer.train.weights import WeightsMetadata, model_hash, read_metadata
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from leaf_fer.train.weights import WeightsMetadata, model_hash, read_metadata
+from leaf_fer.common import ConfigError, one_line
 
-from .artifacts import ONNX_TARGETS, EngineError, EngineMismatchError, check_compatible, load_artifact, one_line
-from .export import ensure_onnx
+from .artifacts import ONNX_TARGETS, EngineError, EngineMismatchError, check_compatible, load_artifact
+from .onnx_store import ensure_onnx
 from .predictor import Predictor
 
 ORT_LOAD_ERRORS: tuple[type[BaseException], ...] = (
@@ -34,9 +35,9 @@ def default_threads() -> int:
         try:
             threads = int(configured)
         except ValueError as exc:
-            raise ValueError(f"LEAF_FER_ORT_THREADS must be a whole number, got {configured!r}") from exc
+            raise ConfigError(f"LEAF_FER_ORT_THREADS must be a whole number, got {configured!r}") from exc
         if threads < 1:
-            raise ValueError(f"LEAF_FER_ORT_THREADS must be at least 1, got {threads}")
+            raise ConfigError(f"LEAF_FER_ORT_THREADS must be at least 1, got {threads}")
         return threads
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
@@ -71,7 +72,7 @@ class OrtPredictor(Predictor):
         self.precision = sidecar.precision
         self.threads = threads if threads is not None else default_threads()
         if self.threads < 1:
-            raise ValueError(f"threads must be at least 1, got {self.threads}")
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads

@@ -19,7 +19,6 @@ import numpy as np
 import onnx
 
 from .artifacts import EngineError
-from .predictor import Predictor
 
 MAX_CALIBRATION_FACES = 512
 CALIBRATION_BATCH = 8
@@ -86,19 +85,3 @@ def quantize_int8(fp32_path: str | os.PathLike[str], faces: np.ndarray) -> onnx.
             calibrate_method=CalibrationMethod.MinMax,
         )
         return onnx.load(str(quantized))
-
-
-def ferplus_accuracy(predictor: Predictor, data_path: str | os.PathLike[str], batch: int = 64) -> float:
-    """FER+ majority accuracy of ``predictor`` on an npz with ``ferplus_votes``, over the classes it shares with the
-    data (``leaf-fer evaluate``'s protocol)."""
-    from leaf_fer.train.data import load_npz, targets_for
-    from leaf_fer.train.model import FERPLUS_CLASSES
-
-    data = load_npz(data_path)
-    if data.ferplus_votes is None:
-        raise ValueError(f"{data_path}: no ferplus_votes to score against")
-    hard = targets_for(data, predictor.classes).hard
-    rows = np.flatnonzero(hard >= 0)
-    shared = np.array([i for i, name in enumerate(predictor.classes) if name in FERPLUS_CLASSES])
-    probs = np.concatenate([predictor.predict(data.images[rows[i : i + batch]]) for i in range(0, len(rows), batch)])
-    return float((shared[probs[:, shared].argmax(axis=1)] == hard[rows]).mean())

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from leaf_fer.train.weights import WeightsMetadata, default_weights_path, model_hash, read_metadata
 
-from leaf_fer.train.weights import WeightsMetadata, atomic_write_bytes, default_weights_path, model_hash, read_metadata
+from leaf_fer.common import ConfigError, atomic_write_bytes, one_line
 
 from .artifacts import (
     INPUT_NAME,
@@ -39,10 +40,9 @@ from .artifacts import (
     default_cache_dir,
     load_artifact,
     model_cache_dir,
-    one_line,
     write_artifact,
 )
-from .export import ensure_onnx
+from .onnx_store import ensure_onnx
 from .predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ def ensure_engine(
 ) -> Path:
     """The engine for these weights on this TensorRT + GPU + max batch, built when missing, stale or corrupt."""
     if max_batch < 1:
-        raise ValueError(f"max batch must be at least 1, got {max_batch}")
+        raise ConfigError(f"max batch must be at least 1, got {max_batch}")
     weights_path = Path(weights) if weights is not None else default_weights_path()
     weights_hash = model_hash(weights_path)
     metadata = read_metadata(weights_path)
@@ -237,7 +237,7 @@ def ensure_engine(
             log.warning("rebuilding the TensorRT engine: %s", exc)
     opt = opt_batch if opt_batch is not None else min(4, max_batch)
     if not 1 <= opt <= max_batch:
-        raise ValueError(f"optimal batch {opt} must be within 1..{max_batch}")
+        raise ConfigError(f"optimal batch {opt} must be within 1..{max_batch}")
     log.info("building the TensorRT engine for model %s on %s (batch 1..%d)", weights_hash, env.describe(), max_batch)
     request = EngineBuildRequest(
         weights=weights_path,

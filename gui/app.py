@@ -6,38 +6,34 @@ import argparse
 import os
 import signal
 import sys
-from pathlib import Path
 
+from leaf_fer.gui.commands import add_gui_arguments
+from leaf_fer.gui.main_window import MainWindow
+from leaf_fer.realtime.commands import pipeline_config
 from PyQt6.QtCore import QTimer
 from PyQt6.QtWidgets import QApplication
 
-from leaf_fer.gui.commands import add_gui_arguments, settings_from_args
-from leaf_fer.gui.main_window import MainWindow
-from leaf_fer.gui.worker import parse_source
+from leaf_fer.common import LeafFerError
 
 
 def _check_display() -> None:
     if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
         return
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        raise RuntimeError("no display found: set DISPLAY (or run under Xvfb), or QT_QPA_PLATFORM=offscreen")
+        raise LeafFerError("no display found: set DISPLAY (or run under Xvfb), or QT_QPA_PLATFORM=offscreen")
 
 
 def launch(args: argparse.Namespace) -> int:
     """Open the window for parsed ``args`` and run the event loop until it closes."""
-    settings = settings_from_args(args)
+    config = pipeline_config(args)
     _check_display()
     app = QApplication.instance() or QApplication([sys.argv[0]])
     app.setApplicationName("leaf-fer")
-    window = MainWindow(settings, output_dir=args.output_dir, probe_cameras_on_start=not args.no_camera_probe)
+    window = MainWindow(config, output_dir=args.output_dir, probe_cameras_on_start=not args.no_camera_probe)
     window.show()
     if args.source is not None:
-        spec = parse_source(args.source)
-        if isinstance(spec, str) and Path(spec).exists():
-            QTimer.singleShot(0, lambda: window.open_file(spec))
-        else:
-            window.source_combo.setEditText(str(args.source))
-            QTimer.singleShot(0, lambda: window.start_source(spec))
+        window.source_combo.setEditText(args.source)
+        QTimer.singleShot(0, window.start)
     signal.signal(signal.SIGINT, lambda *_: window.close())
     heartbeat = QTimer()
     heartbeat.timeout.connect(lambda: None)

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from leaf_fer.gui.settings import GuiSettings
 from leaf_fer.realtime.commands import add_pipeline_options
 
 
@@ -16,18 +15,6 @@ def add_gui_arguments(parser: argparse.ArgumentParser) -> None:
     add_pipeline_options(parser)
     parser.add_argument("--output-dir", type=Path, help="folder for recordings and snapshots")
     parser.add_argument("--no-camera-probe", action="store_true", help="do not look for webcams at start-up")
-
-
-def settings_from_args(args: argparse.Namespace) -> GuiSettings:
-    return GuiSettings(
-        weights=args.weights,
-        backend=args.backend,
-        detector_range=args.detector_range,
-        fallback_detector=args.fallback_detector,
-        min_detection_confidence=args.min_confidence,
-        smoothing=args.smoothing,
-        max_faces=args.max_faces,
-    ).validate()
 
 
 def register(subparsers: Any) -> None:

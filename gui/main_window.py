@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from leaf_fer.gui.cameras import CameraProbe
+from leaf_fer.gui.face_panel import FacePanel
+from leaf_fer.gui.settings_form import SettingsForm
+from leaf_fer.gui.widgets import MessageBanner, VideoView
+from leaf_fer.gui.worker import (
+    FramePacket,
+    PipelineFactory,
+    PipelineWorker,
+    SourceFactory,
+    SourceSpec,
+    backend_label,
+)
+from leaf_fer.realtime.settings import PipelineConfig
+from leaf_fer.realtime.sources import Source
 from PyQt6.QtCore import QStandardPaths, Qt, QTimer
 from PyQt6.QtGui import QAction, QCloseEvent, QKeySequence, QResizeEvent
 from PyQt6.QtWidgets import (
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
     QFrame,
     QGroupBox,
     QHBoxLayout,
@@ -22,8 +33,6 @@ from PyQt6.QtWidgets import (
     QLineEdit,
     QMainWindow,
     QScrollArea,
-    QSlider,
-    QSpinBox,
     QSplitter,
     QToolBar,
     QToolButton,
@@ -31,26 +40,8 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from leaf_fer.gui.settings import BACKENDS
-from leaf_fer.gui.cameras import CameraProbe
-from leaf_fer.gui.widgets import HistoryPlot, MessageBanner, ProbabilityBars, VideoView
-from leaf_fer.gui.worker import (
-    FaceInfo,
-    FramePacket,
-    GuiSettings,
-    PipelineFactory,
-    PipelineWorker,
-    SourceFactory,
-    SourceSpec,
-    backend_label,
-    parse_source,
-)
-from leaf_fer.realtime.annotators import FpsMeter
-
 VIDEO_FILTER = "Videos (*.mp4 *.avi *.mov *.mkv *.webm *.m4v);;All files (*)"
 IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.bmp *.webp *.tif *.tiff);;All files (*)"
-MODEL_FILTER = "LEAF weights (*.safetensors);;All files (*)"
-HISTORY_SECONDS = 10.0
 STOP_GRACE_MS = 10000
 
 
@@ -59,7 +50,7 @@ class MainWindow(QMainWindow):
 
     def __init__(
         self,
-        settings: GuiSettings | None = None,
+        config: PipelineConfig | None = None,
         output_dir: Path | None = None,
         probe_cameras_on_start: bool = True,
         pace: bool = True,
@@ -68,7 +59,7 @@ class MainWindow(QMainWindow):
     ) -> None:
         super().__init__()
         self.setWindowTitle("leaf-fer — live facial expression analysis")
-        self.settings = settings or GuiSettings()
+        self.config = config or PipelineConfig()
         self.output_dir = Path(output_dir) if output_dir else default_output_dir()
         self.pace = pace
         self._pipeline_factory = pipeline_factory
@@ -79,12 +70,9 @@ class MainWindow(QMainWindow):
         self.last_packet: FramePacket | None = None
         self.last_recording: tuple[Path, Path] | None = None
         self.last_snapshot: Path | None = None
-        self.selected_track: int | None = None
+        self.opened_source: Source | None = None
         self._source: SourceSpec | None = None
         self._pending_start: SourceSpec | None = None
-        self._classes: tuple[str, ...] = ()
-        self._histories: dict[int, deque[tuple[float, tuple[float, ...]]]] = {}
-        self._fps = FpsMeter()
         self._closing = False
         self._probe: CameraProbe | None = None
         self._settings_timer = QTimer(self)
@@ -96,7 +84,6 @@ class MainWindow(QMainWindow):
         self._force_timer.setInterval(STOP_GRACE_MS)
         self._force_timer.timeout.connect(self._force_close)
         self._build_ui()
-        self._sync_settings_widgets()
         self._update_buttons()
         if probe_cameras_on_start:
             self.refresh_cameras()
@@ -133,7 +120,6 @@ class MainWindow(QMainWindow):
         self.snapshot_action = self._action(toolbar, "Snapshot", self.snapshot, "Ctrl+S")
 
         self.view = VideoView()
-        self.view.image_clicked.connect(self._select_at)
         self.banner = MessageBanner(self.view)
 
         left = QWidget()
@@ -177,72 +163,19 @@ class MainWindow(QMainWindow):
         panel = QWidget()
         layout = QVBoxLayout(panel)
         layout.setContentsMargins(6, 6, 6, 6)
-
-        face_box = QGroupBox("Selected face")
-        face_layout = QVBoxLayout(face_box)
-        self.face_combo = QComboBox()
-        self.face_combo.setPlaceholderText("no face")
-        self.face_combo.activated.connect(self._face_combo_activated)
-        self.face_label = QLabel("–")
-        self.face_label.setStyleSheet("font-weight:bold;")
-        row = QHBoxLayout()
-        row.addWidget(QLabel("Track"))
-        row.addWidget(self.face_combo, 1)
-        row.addWidget(self.face_label)
-        face_layout.addLayout(row)
-        self.bars = ProbabilityBars()
-        face_layout.addWidget(self.bars)
-        self.history = HistoryPlot(window_s=HISTORY_SECONDS)
-        face_layout.addWidget(self.history, 1)
-        layout.addWidget(face_box, 1)
+        self.face_panel = FacePanel()
+        self.face_panel.highlight_changed.connect(self.view.set_highlight)
+        self.view.image_clicked.connect(self.face_panel.select_at)
+        layout.addWidget(self.face_panel, 1)
 
         settings_box = QGroupBox("Settings")
-        form = QFormLayout(settings_box)
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        self.range_combo = QComboBox()
-        self.range_combo.addItem("short (≈2 m)", "short")
-        self.range_combo.addItem("full (≈5 m)", "full")
-        self.range_combo.currentIndexChanged.connect(self._settings_edited)
-        form.addRow("Detector", self.range_combo)
-
-        self.smoothing_slider = QSlider(Qt.Orientation.Horizontal)
-        self.smoothing_slider.setRange(0, 95)
-        self.smoothing_slider.setSingleStep(5)
-        self.smoothing_slider.setPageStep(10)
-        self.smoothing_value = QLabel()
-        self.smoothing_value.setMinimumWidth(30)
-        self.smoothing_slider.valueChanged.connect(self._smoothing_moved)
-        smoothing_row = QHBoxLayout()
-        smoothing_row.addWidget(self.smoothing_slider, 1)
-        smoothing_row.addWidget(self.smoothing_value)
-        form.addRow("Smoothing", smoothing_row)
-
-        self.confidence_spin = QDoubleSpinBox()
-        self.confidence_spin.setRange(0.05, 0.99)
-        self.confidence_spin.setSingleStep(0.05)
-        self.confidence_spin.setDecimals(2)
-        self.confidence_spin.valueChanged.connect(self._settings_edited)
-        form.addRow("Min confidence", self.confidence_spin)
-
-        self.max_faces_spin = QSpinBox()
-        self.max_faces_spin.setRange(1, 16)
-        self.max_faces_spin.valueChanged.connect(self._settings_edited)
-        form.addRow("Max faces", self.max_faces_spin)
-
-        self.backend_combo = QComboBox()
-        for name in BACKENDS:
-            self.backend_combo.addItem("auto (best available)" if name == "auto" else backend_label(name), name)
-        self.backend_combo.currentIndexChanged.connect(self._settings_edited)
-        form.addRow("Backend", self.backend_combo)
-
-        self.model_edit = QLineEdit()
-        self.model_edit.setPlaceholderText("bundled default weights")
-        self.model_edit.editingFinished.connect(self._settings_edited)
-        form.addRow("Model", _path_row(self.model_edit, "Choose a weights file", self.choose_model))
-
+        self.settings_form = SettingsForm(self.config)
+        self.settings_form.changed.connect(self._settings_edited)
         self.output_edit = QLineEdit(str(self.output_dir))
         self.output_edit.editingFinished.connect(self._output_edited)
-        form.addRow("Save to", _path_row(self.output_edit, "Folder for recordings and snapshots", self.choose_output_dir))
+        self.settings_form.rows.addRow("Save to", _path_row(self.output_edit, "Folder for recordings and snapshots",
+                                                            self.choose_output_dir))
+        QVBoxLayout(settings_box).addWidget(self.settings_form)
         layout.addWidget(settings_box)
         return panel
 
@@ -298,8 +231,8 @@ class MainWindow(QMainWindow):
         """Probe webcams in the background; the combo keeps any text the user typed."""
         if self._probe is not None:
             return
-        if self.worker is not None and isinstance(self._source, int):
-            self._status("Stop the webcam before looking for others.")
+        if self._running_live():
+            self._status("Stop the live source before looking for webcams.")
             return
         self._probe = CameraProbe()
         self._probe.found.connect(self._cameras_found)
@@ -340,18 +273,13 @@ class MainWindow(QMainWindow):
             self._launch(spec)
 
     def current_source(self) -> SourceSpec | None:
-        """The source the combo designates: a selected item's data, or the typed text parsed."""
+        """The source the combo designates: the item whose text was typed or picked, else the text itself."""
         text = self.source_combo.currentText().strip()
-        index = self.source_combo.currentIndex()
-        if index >= 0 and self.source_combo.itemText(index) == text:
-            data = self.source_combo.itemData(index)
-            if isinstance(data, (int, str)):
-                return data
         if not text:
             return None
-        if text.lower().startswith("camera ") and text[7:].strip().isdigit():
-            return int(text[7:].strip())
-        return parse_source(text)
+        index = self.source_combo.findText(text, Qt.MatchFlag.MatchFixedString)
+        data = self.source_combo.itemData(index) if index >= 0 else None
+        return data if isinstance(data, (int, str)) else text
 
     def choose_video(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open video", str(Path.home()), VIDEO_FILTER)
@@ -364,22 +292,9 @@ class MainWindow(QMainWindow):
             self.open_file(path)
 
     def open_file(self, path: str | os.PathLike[str]) -> None:
-        """Select a video or image file as the source and start it."""
-        text = str(path)
-        existing = self.source_combo.findData(text)
-        if existing < 0:
-            self.source_combo.addItem(Path(text).name, text)
-            existing = self.source_combo.count() - 1
-            self.source_combo.setItemData(existing, text, Qt.ItemDataRole.ToolTipRole)
-        self.source_combo.setCurrentIndex(existing)
-        self.start_source(text)
-
-    def choose_model(self) -> None:
-        start = self.model_edit.text() or str(Path.home())
-        path, _ = QFileDialog.getOpenFileName(self, "Choose model weights", start, MODEL_FILTER)
-        if path:
-            self.model_edit.setText(path)
-            self._settings_edited()
+        """Start a video, image or folder; once it opens, the source box lists it (see :meth:`_on_source_opened`)."""
+        self.source_combo.setEditText(str(path))
+        self.start_source(str(path))
 
     def choose_output_dir(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Save recordings and snapshots to", str(self.output_dir))
@@ -401,14 +316,15 @@ class MainWindow(QMainWindow):
         self.start_source(spec)
 
     def start_source(self, spec: SourceSpec) -> None:
-        """Run ``spec``; a running worker is stopped first, and a webcam waits for a running webcam probe."""
+        """Run ``spec``; a running worker is stopped first, and a running webcam probe is let finish (the source may
+        be one of the webcams it opens)."""
         if self._closing:
             return
         if self.worker is not None:
             self._pending_start = spec
             self.worker.request_stop()
             return
-        if self._probe is not None and isinstance(spec, int):
+        if self._probe is not None:
             self._pending_start = spec
             self.view.set_message("Waiting for the webcam search to finish…")
             return
@@ -417,26 +333,26 @@ class MainWindow(QMainWindow):
     def _launch(self, spec: SourceSpec) -> None:
         self.banner.dismiss()
         self._source = spec
-        self._histories.clear()
-        self.history.clear()
-        self.selected_track = None
+        self.opened_source = None
+        self.face_panel.forget()
         self.last_packet = None
         self.view.set_message("Starting…")
         self.view.set_badge("Starting…")
         if self.source_combo.hasFocus():
             self.view.setFocus()
         self._settings_timer.stop()
-        self.settings = self._read_settings()
+        self.config = self.settings_form.config()
         worker = PipelineWorker(
             spec,
-            self.settings,
+            self.config,
             pipeline_factory=self._pipeline_factory,
             source_factory=self._source_factory,
             pace=self.pace,
         )
         worker.frame_ready.connect(self._on_frame)
         worker.error.connect(self._on_worker_error)
-        worker.settings_rejected.connect(self._on_settings_rejected)
+        worker.config_rejected.connect(self._on_config_rejected)
+        worker.source_opened.connect(self._on_source_opened)
         worker.source_ended.connect(self._on_source_ended)
         worker.pipeline_ready.connect(self._on_pipeline_ready)
         worker.recording_started.connect(self._on_recording_started)
@@ -457,7 +373,6 @@ class MainWindow(QMainWindow):
                 self.pause_action.setChecked(False)
             return
         self.worker.set_paused(paused)
-        self._fps.reset()
         self.fps_label.setText("FPS: –")
         self.view.set_badge("❚❚ Paused" if paused else "")
         self._status("Paused" if paused else "Running", 0 if paused else 2000)
@@ -510,37 +425,6 @@ class MainWindow(QMainWindow):
         self.show_info(f"Snapshot saved: {path}")
         return path
 
-    def _read_settings(self) -> GuiSettings:
-        model = self.model_edit.text().strip()
-        return GuiSettings(
-            weights=model or None,
-            backend=str(self.backend_combo.currentData()),
-            detector_range=str(self.range_combo.currentData()),
-            fallback_detector=self.settings.fallback_detector,
-            min_detection_confidence=round(self.confidence_spin.value(), 2),
-            smoothing=self.smoothing_slider.value() / 100.0,
-            max_faces=self.max_faces_spin.value(),
-        )
-
-    def _sync_settings_widgets(self) -> None:
-        s = self.settings
-        widgets = (self.range_combo, self.smoothing_slider, self.confidence_spin, self.max_faces_spin, self.backend_combo)
-        for widget in widgets:
-            widget.blockSignals(True)
-        self.range_combo.setCurrentIndex(max(0, self.range_combo.findData(s.detector_range)))
-        self.smoothing_slider.setValue(int(round(s.smoothing * 100)))
-        self.smoothing_value.setText(f"{s.smoothing:.2f}")
-        self.confidence_spin.setValue(s.min_detection_confidence)
-        self.max_faces_spin.setValue(s.max_faces)
-        self.backend_combo.setCurrentIndex(max(0, self.backend_combo.findData(s.backend)))
-        self.model_edit.setText(s.weights or "")
-        for widget in widgets:
-            widget.blockSignals(False)
-
-    def _smoothing_moved(self, value: int) -> None:
-        self.smoothing_value.setText(f"{value / 100:.2f}")
-        self._settings_edited()
-
     def _settings_edited(self) -> None:
         self._settings_timer.start()
 
@@ -550,38 +434,47 @@ class MainWindow(QMainWindow):
         self._apply_settings()
 
     def _apply_settings(self) -> None:
-        new = self._read_settings()
-        if new == self.settings:
+        new = self.settings_form.config()
+        if new == self.config:
             return
-        self.settings = new
+        self.config = new
         if self.worker is not None:
-            self.worker.update_settings(new)
+            self.worker.update_config(new)
             if not self.pause_action.isChecked():
                 self._status("Applying settings…", 2000)
         elif self._source is not None and self.last_packet is not None and self.last_packet.still:
             self.start_source(self._source)
 
-    def _on_settings_rejected(self, text: str, requested: GuiSettings, running: GuiSettings) -> None:
+    def _on_config_rejected(self, text: str, requested: PipelineConfig, running: PipelineConfig) -> None:
         """Put the controls back on the settings that actually run (unless newer edits are on their way)."""
         if self.sender() is not self.worker:
             return
-        if self.settings == requested:
-            self.settings = running
-            self._sync_settings_widgets()
+        if self.config == requested:
+            self.config = running
+            self.settings_form.show_config(running)
         self.show_error(text)
+
+    def _on_source_opened(self, source: Source) -> None:
+        """List a file, image or folder that opened in the source box, so that it can be picked again."""
+        if self.sender() is not self.worker:
+            return
+        self.opened_source = source
+        self._update_buttons()
+        if source.is_live:
+            return
+        index = self.source_combo.findData(self._source)
+        if index < 0:
+            self.source_combo.addItem(Path(source.name).name or source.name, self._source)
+            index = self.source_combo.count() - 1
+            self.source_combo.setItemData(index, source.name, Qt.ItemDataRole.ToolTipRole)
+        self.source_combo.setCurrentIndex(index)
 
     def _on_pipeline_ready(self, backend: str, classes: tuple[str, ...]) -> None:
         """A (re)built pipeline; the faces' histories survive settings changes unless the classes change."""
         if self.sender() is not self.worker:
             return
         self.backend_label.setText(f"Backend: {backend_label(backend)}")
-        if classes != self._classes:
-            self._classes = tuple(classes)
-            self._histories.clear()
-            self.history.clear()
-            self.selected_track = None
-            self.bars.set_classes(self._classes)
-            self.history.set_classes(self._classes)
+        self.face_panel.set_classes(tuple(classes))
 
     def _is_sender(self, worker: PipelineWorker) -> bool:
         """Whether the signal being handled comes from ``worker`` (late signals of replaced workers are ignored)."""
@@ -601,70 +494,13 @@ class MainWindow(QMainWindow):
         paused = self.pause_action.isChecked()
         self.view.set_image(packet.image)
         self.view.set_badge("❚❚ Paused" if paused else "")
-        for face in packet.faces:
-            history = self._histories.setdefault(face.track_id, deque(maxlen=int(HISTORY_SECONDS * 60)))
-            history.append((packet.timestamp_s, face.probabilities))
-        present = {face.track_id for face in packet.faces}
-        for track_id in [t for t in self._histories if t not in present]:
-            last_t = self._histories[track_id][-1][0] if self._histories[track_id] else 0.0
-            if packet.timestamp_s - last_t > HISTORY_SECONDS or packet.timestamp_s < last_t:
-                del self._histories[track_id]
-        self._update_face_combo(packet.faces)
-        if self.selected_track not in present and packet.faces:
-            self._select_track(min(present))
-        else:
-            self._show_selected(packet)
-        fps = 0.0 if paused else self._fps.tick()
+        self.face_panel.show_packet(packet)
+        fps = 0.0 if paused else packet.fps
         self.fps_label.setText(f"FPS: {fps:.1f}" if fps > 0 else "FPS: –")
         self.latency_label.setText(f"Latency: {packet.latency_ms:.1f} ms")
         self.latency_label.setToolTip("\n".join(f"{k}: {v:.1f} ms" for k, v in packet.stage_ms.items()))
         self.backend_label.setText(f"Backend: {backend_label(packet.backend)}")
         self.faces_label.setText(f"Faces: {len(packet.faces)}")
-
-    def _update_face_combo(self, faces: tuple[FaceInfo, ...]) -> None:
-        ids = sorted(face.track_id for face in faces)
-        current = [self.face_combo.itemData(i) for i in range(self.face_combo.count())]
-        if ids != current:
-            self.face_combo.blockSignals(True)
-            self.face_combo.clear()
-            for track_id in ids:
-                self.face_combo.addItem(f"#{track_id}", track_id)
-            self.face_combo.blockSignals(False)
-        index = self.face_combo.findData(self.selected_track)
-        if index != self.face_combo.currentIndex():
-            self.face_combo.setCurrentIndex(index)
-
-    def _show_selected(self, packet: FramePacket, append: bool = True) -> None:
-        face = next((f for f in packet.faces if f.track_id == self.selected_track), None)
-        self.bars.set_values(face.probabilities if face else None)
-        self.face_label.setText(face.label if face else "–")
-        self.view.set_highlight(face.box if face is not None and len(packet.faces) > 1 else None)
-        if face is not None and append:
-            self.history.append(packet.timestamp_s, face.probabilities)
-
-    def _select_track(self, track_id: int) -> None:
-        """Make ``track_id`` the selected face and show its history so far."""
-        self.selected_track = track_id
-        self.history.set_history(list(self._histories.get(track_id, ())))
-        index = self.face_combo.findData(track_id)
-        if index >= 0:
-            self.face_combo.setCurrentIndex(index)
-        if self.last_packet is not None:
-            self._show_selected(self.last_packet, append=False)
-
-    def _face_combo_activated(self, index: int) -> None:
-        track_id = self.face_combo.itemData(index)
-        if isinstance(track_id, int):
-            self._select_track(track_id)
-
-    def _select_at(self, x: float, y: float) -> None:
-        """Select the face whose box contains the clicked image point (the smallest, if boxes overlap)."""
-        if self.last_packet is None:
-            return
-        hits = [f for f in self.last_packet.faces if f.box[0] <= x <= f.box[2] and f.box[1] <= y <= f.box[3]]
-        if hits:
-            face = min(hits, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-            self._select_track(face.track_id)
 
     def _on_worker_error(self, text: str) -> None:
         self.show_error(text)
@@ -701,7 +537,7 @@ class MainWindow(QMainWindow):
         self.pause_action.blockSignals(True)
         self.pause_action.setChecked(False)
         self.pause_action.blockSignals(False)
-        self._fps.reset()
+        self.opened_source = None
         self.fps_label.setText("FPS: –")
         if self.last_packet is None or not self.last_packet.still:
             self._show_stopped()
@@ -718,10 +554,7 @@ class MainWindow(QMainWindow):
         self.last_packet = None
         self.view.set_message("Stopped")
         self.view.set_badge("■ Stopped")
-        self.view.set_highlight(None)
-        self._update_face_combo(())
-        self.bars.set_values(None)
-        self.face_label.setText("–")
+        self.face_panel.clear()
         self.faces_label.setText("Faces: –")
         self.latency_label.setText("Latency: –")
         self.latency_label.setToolTip("")
@@ -732,8 +565,12 @@ class MainWindow(QMainWindow):
         self.pause_action.setEnabled(running)
         self.stop_action.setEnabled(running)
         self.record_action.setEnabled(running)
-        self.refresh_action.setEnabled(not (running and isinstance(self._source, int)))
+        self.refresh_action.setEnabled(not self._running_live())
         self.start_action.setText("⟲ Restart" if running else "▶ Start")
+
+    def _running_live(self) -> bool:
+        """Whether a live source (a webcam, a stream) is being analysed."""
+        return self.worker is not None and self.opened_source is not None and self.opened_source.is_live
 
     def closeEvent(self, event: QCloseEvent | None) -> None:
         """Stop the worker first (it releases the camera and finalises recordings); close once it has finished."""

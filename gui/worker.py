@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from leaf_fer.realtime.annotators import FpsMeter
+from leaf_fer.realtime.pipeline import Pipeline
+from leaf_fer.realtime.settings import PipelineConfig, option_of
+from leaf_fer.realtime.sources import FolderSource, ImageSource, LiveSource, Source, SourceError, open_source
+from leaf_fer.realtime.types import Frame, FrameResult
+from leaf_fer.realtime.writers import CsvWriter, VideoWriter
 from PyQt6.QtCore import QThread, pyqtSignal
 from PyQt6.QtGui import QImage
 
-from leaf_fer.gui.settings import GuiSettings
-from leaf_fer.realtime.annotators import FpsMeter
-from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
-from leaf_fer.realtime.sources import FolderSource, ImageSource, SourceError, open_source
-from leaf_fer.realtime.types import Frame, FrameResult
-from leaf_fer.realtime.writers import CsvWriter, VideoWriter
-
 SourceSpec = int | str
-BACKEND_LABELS = {"tensorrt": "TensorRT", "onnxruntime": "ONNX Runtime", "onnx": "ONNX Runtime", "torch": "torch"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +38,7 @@ class FramePacket:
     """What the UI receives per shown frame: an owned QImage of the annotated frame plus readouts.
 
     ``still`` marks an independent image (an image file, a folder's images): its result stays valid after the run.
+    ``fps``: frames processed per second (0 until measured).
     """
 
     index: int
@@ -50,6 +49,7 @@ class FramePacket:
     latency_ms: float
     backend: str
     dropped: int
+    fps: float = 0.0
     still: bool = False
     stage_ms: dict[str, float] = field(default_factory=dict)
 
@@ -82,24 +82,45 @@ class RecorderLike(Protocol):
     def close(self) -> None: ...
 
 
-PipelineFactory = Callable[[GuiSettings], PipelineLike]
-SourceFactory = Callable[[SourceSpec], Iterable[Frame]]
+PipelineFactory = Callable[[PipelineConfig], PipelineLike]
+SourceFactory = Callable[[SourceSpec], Source]
 RecorderFactory = Callable[[Path, Path, float, tuple[str, ...]], RecorderLike]
 
 
 def backend_label(name: str) -> str:
-    """Human name of a backend id such as ``onnxruntime`` or ``tensorrt-fp16``."""
+    """Human name of a backend id such as ``onnxruntime`` or ``tensorrt-fp16`` (the settings form's names)."""
     key = name.lower()
-    for prefix, label in BACKEND_LABELS.items():
+    for prefix, label in option_of("backend").choice_labels.items():
         if key.startswith(prefix):
             return label + name[len(prefix):]
     return name
 
 
-def parse_source(text: str) -> SourceSpec:
-    """A webcam index for digit strings, otherwise the text itself (path or URL)."""
-    text = text.strip()
-    return int(text) if text.isdigit() else text
+class FramePacer:
+    """Holds a file's frames to their own timeline, so that a video plays at its recorded speed, not faster."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._origin: tuple[float, float] | None = None
+
+    def restart(self) -> None:
+        """Start a new timeline at the next frame (after a pause)."""
+        self._origin = None
+
+    def wait(self, timestamp_s: float) -> None:
+        """Sleep until the frame at ``timestamp_s`` is due (a jump of over a second starts a new timeline)."""
+        now = time.perf_counter()
+        if self._origin is None:
+            self._origin = (now, timestamp_s)
+            return
+        started, first_s = self._origin
+        delay = (timestamp_s - first_s) - (now - started)
+        if delay > 1.0:
+            self._origin = (now, timestamp_s)
+            return
+        while delay > 0 and not self._stop.is_set():
+            time.sleep(min(delay, 0.05))
+            delay = (timestamp_s - first_s) - (time.perf_counter() - started)
 
 
 def bgr_to_qimage(image: np.ndarray) -> QImage:
@@ -134,14 +155,16 @@ class PipelineWorker(QThread):
     """Runs source → pipeline → (recorder) in its own thread and emits one packet per frame the UI can take.
 
     Control methods are thread-safe and never block: they set flags the loop reads between frames. A frame that
-    finishes while the UI has not yet consumed the previous packet is not emitted (it is still recorded). Settings
-    that cannot be applied are answered by ``settings_rejected(message, requested, running)``.
+    finishes while the UI has not yet consumed the previous packet is not emitted (it is still recorded). A config
+    that cannot be applied is answered by ``config_rejected(message, requested, running)``; ``source_opened``
+    carries the opened :class:`Source` (read its properties only).
     """
 
     frame_ready = pyqtSignal(object)
     error = pyqtSignal(str)
     pipeline_ready = pyqtSignal(str, object)
-    settings_rejected = pyqtSignal(str, object, object)
+    config_rejected = pyqtSignal(str, object, object)
+    source_opened = pyqtSignal(object)
     recording_started = pyqtSignal(str, str)
     recording_finished = pyqtSignal(str, str)
     source_ended = pyqtSignal(str)
@@ -149,7 +172,7 @@ class PipelineWorker(QThread):
     def __init__(
         self,
         source: SourceSpec,
-        settings: GuiSettings,
+        config: PipelineConfig,
         *,
         pipeline_factory: PipelineFactory | None = None,
         source_factory: SourceFactory | None = None,
@@ -158,7 +181,7 @@ class PipelineWorker(QThread):
     ) -> None:
         super().__init__()
         self.source = source
-        self.settings = settings
+        self.config = config
         self._pipeline_factory = pipeline_factory or default_pipeline_factory
         self._source_factory = source_factory or default_source_factory
         self._recorder_factory = recorder_factory or default_recorder_factory
@@ -167,10 +190,11 @@ class PipelineWorker(QThread):
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._ui_busy = threading.Event()
-        self._pending_settings: GuiSettings | None = None
+        self._pending_config: PipelineConfig | None = None
         self._pending_record: tuple[Path, Path] | None = None
         self._stop_record = False
-        self._source_obj: object = None
+        self._opened: Source | None = None
+        self._meter = FpsMeter()
         self.frames_processed = 0
         self.frames_dropped = 0
 
@@ -187,10 +211,10 @@ class PipelineWorker(QThread):
     def is_paused(self) -> bool:
         return self._paused.is_set()
 
-    def update_settings(self, settings: GuiSettings) -> None:
-        """Rebuild the pipeline with ``settings`` before the next frame; the source stays open."""
+    def update_config(self, config: PipelineConfig) -> None:
+        """Rebuild the pipeline with ``config`` before the next frame; the source stays open."""
         with self._lock:
-            self._pending_settings = settings
+            self._pending_config = config
 
     def start_recording(self, video_path: Path, csv_path: Path) -> None:
         with self._lock:
@@ -208,10 +232,10 @@ class PipelineWorker(QThread):
 
     def run(self) -> None:
         pipeline: PipelineLike | None = None
-        source: Iterable[Frame] | None = None
+        source: Source | None = None
         recorder: RecorderLike | None = None
         try:
-            pipeline = self._build(self.settings)
+            pipeline = self._build(self.config)
             if pipeline is None:
                 return
             source = self._open_source()
@@ -223,52 +247,49 @@ class PipelineWorker(QThread):
             _close_quietly(source)
             _close_quietly(pipeline)
 
-    def _build(self, settings: GuiSettings) -> PipelineLike | None:
-        """The pipeline for ``settings``; a backend that cannot start gives way to ``auto``, which says so."""
+    def _build(self, config: PipelineConfig) -> PipelineLike | None:
+        """The pipeline for ``config``; a backend that cannot start gives way to ``auto``, which says so."""
         try:
-            pipeline = self._pipeline_factory(settings)
+            pipeline = self._pipeline_factory(config)
         except Exception as exc:  # noqa: BLE001 - any backend/model failure becomes a message, not a crash
-            if settings.backend == "auto":
+            if config.backend == "auto":
                 self.error.emit(f"Could not start the pipeline: {exc}")
                 return None
-            fallback = replace(settings, backend="auto")
+            fallback = replace(config, backend="auto")
             pipeline = self._build(fallback)
             if pipeline is not None:
-                self.settings = fallback
-                self.settings_rejected.emit(
-                    f"{backend_label(settings.backend)} could not start ({exc}); running "
+                self.config = fallback
+                self.config_rejected.emit(
+                    f"{backend_label(config.backend)} could not start ({exc}); running "
                     f"{backend_label(pipeline.backend_name)} instead, and the backend is set to auto.",
-                    settings,
+                    config,
                     fallback,
                 )
             return pipeline
         self.pipeline_ready.emit(pipeline.backend_name, tuple(pipeline.classes))
         return pipeline
 
-    def _open_source(self) -> Iterable[Frame] | None:
+    def _open_source(self) -> Source | None:
         try:
             source = self._source_factory(self.source)
         except Exception as exc:  # noqa: BLE001
             self.error.emit(_source_message(self.source, exc))
             return None
-        self._source_obj = source
-        self._pace = self._pace and not self._is_live()
+        self._opened = source
+        self.source_opened.emit(source)
         return source
 
-    def _is_live(self) -> bool:
-        return bool(getattr(self._source_obj, "is_live", False))
-
-    def _loop(self, pipeline: PipelineLike, source: Iterable[Frame]) -> RecorderLike | None:
+    def _loop(self, pipeline: PipelineLike, source: Source) -> RecorderLike | None:
         recorder: RecorderLike | None = None
         frames: Iterator[Frame] = iter(source)
-        meter = FpsMeter()
-        pace_origin: tuple[float, float] | None = None
+        pacer = FramePacer(self._stop) if self._pace and not source.is_live else None
         while not self._stop.is_set():
             if self._paused.is_set():
                 time.sleep(0.03)
-                pace_origin = None
-                meter.reset()
-                pipeline = self._apply_settings(pipeline)
+                if pacer is not None:
+                    pacer.restart()
+                self._meter.reset()
+                pipeline = self._apply_config(pipeline)
                 continue
             try:
                 frame = next(frames)
@@ -280,14 +301,14 @@ class PipelineWorker(QThread):
                 break
             if self._stop.is_set():
                 break
-            pipeline = self._apply_settings(pipeline)
+            pipeline = self._apply_config(pipeline)
             try:
                 result = pipeline.process(frame)
             except Exception as exc:  # noqa: BLE001
                 self.error.emit(f"Processing failed on frame {frame.index}: {exc}")
                 break
             image = result.annotated if result.annotated is not None else frame.image
-            fps = meter.tick()
+            fps = self._meter.tick()
             recorder = self._update_recording(recorder, result, fps)
             if recorder is not None:
                 try:
@@ -297,8 +318,8 @@ class PipelineWorker(QThread):
                     self._finish_recording(recorder)
                     recorder = None
             self.frames_processed += 1
-            if self._pace:
-                pace_origin = self._wait_for_timestamp(frame.timestamp_s, pace_origin)
+            if pacer is not None:
+                pacer.wait(frame.timestamp_s)
             if self._ui_busy.is_set():
                 self.frames_dropped += 1
                 continue
@@ -306,36 +327,23 @@ class PipelineWorker(QThread):
             self.frame_ready.emit(self._packet(result, image, pipeline.backend_name))
         return recorder
 
-    def _wait_for_timestamp(self, timestamp_s: float, origin: tuple[float, float] | None) -> tuple[float, float]:
-        """Hold a file's frames to their own timeline so video plays at its recorded speed, not faster."""
-        now = time.perf_counter()
-        if origin is None:
-            return now, timestamp_s
-        delay = (timestamp_s - origin[1]) - (now - origin[0])
-        if delay > 1.0:
-            return now, timestamp_s
-        while delay > 0 and not self._stop.is_set():
-            time.sleep(min(delay, 0.05))
-            delay = (timestamp_s - origin[1]) - (time.perf_counter() - origin[0])
-        return origin
-
-    def _apply_settings(self, pipeline: PipelineLike) -> PipelineLike:
+    def _apply_config(self, pipeline: PipelineLike) -> PipelineLike:
         with self._lock:
-            settings, self._pending_settings = self._pending_settings, None
-        if settings is None:
+            config, self._pending_config = self._pending_config, None
+        if config is None:
             return pipeline
         try:
-            rebuilt = self._pipeline_factory(settings)
+            rebuilt = self._pipeline_factory(config)
         except Exception as exc:  # noqa: BLE001
-            self.settings_rejected.emit(
+            self.config_rejected.emit(
                 f"Settings not applied ({exc}); still running {backend_label(pipeline.backend_name)} with the "
                 "previous settings, which the controls show again.",
-                settings,
-                self.settings,
+                config,
+                self.config,
             )
             return pipeline
         _close_quietly(pipeline)
-        self.settings = settings
+        self.config = config
         self.pipeline_ready.emit(rebuilt.backend_name, tuple(rebuilt.classes))
         return rebuilt
 
@@ -359,9 +367,9 @@ class PipelineWorker(QThread):
 
     def _recording_fps(self, measured: float) -> float:
         """The source's own frame rate for files; the measured processing rate for live sources."""
-        native = getattr(self._source_obj, "fps", 0.0)
-        if not self._is_live() and isinstance(native, (int, float)) and native > 0:
-            return float(native)
+        source = self._opened
+        if source is not None and not source.is_live and source.fps > 0:
+            return float(source.fps)
         return float(min(60.0, max(1.0, round(measured, 1)))) if measured > 0 else 15.0
 
     def _finish_recording(self, recorder: RecorderLike | None) -> None:
@@ -393,18 +401,19 @@ class PipelineWorker(QThread):
             latency_ms=float(result.latency_ms or timings.total_ms),
             backend=backend,
             dropped=self.frames_dropped,
+            fps=self._meter.fps,
             still=result.frame.still,
             stage_ms=stages,
         )
 
     def _end_message(self) -> str:
-        source = self._source_obj
-        name = str(getattr(source, "name", "") or self.source)
+        source = self._opened
+        name = (source.name if source is not None else "") or str(self.source)
         if isinstance(source, ImageSource):
             return f"Analysed image {Path(name).name}."
         if isinstance(source, FolderSource):
             return f"Analysed every image in {Path(name).name}/."
-        if self._is_live() and not getattr(source, "finite", False):
+        if isinstance(source, LiveSource) and not source.finite:
             return f"The live source {name} stopped delivering frames."
         return f"End of video {Path(name).name}."
 
@@ -460,22 +469,12 @@ class Recorder:
         self.csv.close()
 
 
-def default_pipeline_factory(settings: GuiSettings) -> PipelineLike:
-    """The realtime pipeline for ``settings``; the window shows FPS/latency itself, so the frame HUD is off."""
-    config = PipelineConfig(
-        weights=settings.weights,
-        backend=settings.backend,
-        detector_range=settings.detector_range,
-        fallback_detector=settings.fallback_detector,
-        min_detection_confidence=settings.min_detection_confidence,
-        smoothing_alpha=settings.smoothing,
-        max_faces=settings.max_faces,
-        draw_hud=False,
-    )
-    return Pipeline(config)
+def default_pipeline_factory(config: PipelineConfig) -> PipelineLike:
+    """The realtime pipeline for ``config``; the window shows FPS/latency itself, so the frame HUD is off."""
+    return Pipeline(replace(config, draw_hud=False))
 
 
-def default_source_factory(spec: SourceSpec) -> Iterable[Frame]:
+def default_source_factory(spec: SourceSpec) -> Source:
     return open_source(spec)
 
 
@@ -485,11 +484,10 @@ def default_recorder_factory(video: Path, csv: Path, fps: float, classes: tuple[
 
 __all__ = [
     "FaceInfo",
+    "FramePacer",
     "FramePacket",
-    "GuiSettings",
     "PipelineWorker",
     "Recorder",
     "backend_label",
     "bgr_to_qimage",
-    "parse_source",
 ]

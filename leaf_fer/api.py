@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from leaf_fer.common import ConfigError
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
 from leaf_fer.realtime.sources import VideoFileSource, read_image
 from leaf_fer.realtime.types import Frame, FrameResult
@@ -148,7 +149,7 @@ def pipeline_config(**options: Any) -> PipelineConfig:
     names = [f.name for f in fields(PipelineConfig)]
     unknown = [name for name in options if name not in names]
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}; the options are PipelineConfig fields: "
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; the options are PipelineConfig fields: "
                          f"{', '.join(names)}")
     return PipelineConfig(**{"draw": False, **options})
 
@@ -211,9 +212,9 @@ class Analyzer:
         0, N, 2N, … only (tracking and smoothing then step over N frames at a time); ``max_frames``: stop after
         analysing this many; ``progress``: a tqdm bar."""
         if every < 1:
-            raise ValueError(f"every must be >= 1; got {every}")
+            raise ConfigError(f"every must be >= 1; got {every}")
         if max_frames is not None and max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1 (None = all); got {max_frames}")
+            raise ConfigError(f"max_frames must be >= 1 (None = all); got {max_frames}")
         source = VideoFileSource(path)
         total = -(-source.frame_count // every) if source.frame_count else None
         if max_frames is not None:

@@ -6,16 +6,14 @@ import argparse
 import importlib
 import sys
 
+from leaf_fer.common import LeafFerError, one_line
+
 COMMAND_MODULES = (
     "leaf_fer.train.commands",
     "leaf_fer.engines.commands",
     "leaf_fer.realtime.commands",
     "leaf_fer.gui.commands",
 )
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("leaf-fer: interrupted", file=sys.stderr)
         return 130
-    except (CommandError, OSError, ValueError, RuntimeError) as exc:
-        print(f"leaf-fer {args.command}: error: {exc}", file=sys.stderr)
+    except (LeafFerError, OSError) as exc:
+        print(f"leaf-fer {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -21,25 +21,29 @@ import contextlib
 import ctypes
 import fcntl
 import hashlib
-import io
 import json
 import os
 import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import cv2
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from leaf_fer.train.weights import default_weights_path, read_metadata
 from tqdm import tqdm
 
-from leaf_fer.train.weights import default_weights_path, file_sha256, read_metadata
+from leaf_fer.common import (
+    ConfigError,
+    figure_png,
+    file_sha256,
+    new_figure,
+    percentiles,
+)
 
 from .annotators import class_color
 from .pipeline import Overlay, Pipeline, PipelineConfig
@@ -96,7 +100,7 @@ class OutputPaths:
         """The outputs of the input named ``name`` in ``OUTDIR/<name>/``; refuses a name that is not a plain, visible
         folder name, so every output stays inside ``outdir``."""
         if not name or name.startswith(".") or Path(name).name != name:
-            raise ValueError(f"{name!r}: not a plain output folder name")
+            raise ConfigError(f"{name!r}: not a plain output folder name")
         folder = Path(outdir) / name
         media = folder / (f"{name}.annotated.png" if still else f"{name}.annotated.mp4")
         return cls(folder, media, folder / f"{name}.csv", folder / f"{name}.json", folder / f"{name}.timeline.png",
@@ -199,7 +203,7 @@ def annotation_settings(config: PipelineConfig, save_faces_every: int = 0, video
     """Everything that changes the outputs; a summary made with other settings is redone, not skipped."""
     weights = Path(config.weights) if config.weights is not None else default_weights_path()
     if not weights.is_file():
-        raise ValueError(f"{weights}: weights file not found")
+        raise ConfigError(f"{weights}: weights file not found")
     return {
         "weights_sha256": file_sha256(weights),
         "classes": list(read_metadata(weights).model.classes),
@@ -302,14 +306,6 @@ def _swap(a: Path, b: Path) -> None:
     os.rename(aside, a)
 
 
-def _percentiles(values: Sequence[float]) -> dict[str, float]:
-    if not values:
-        return {"mean": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0}
-    array = np.asarray(values, dtype=np.float64)
-    p50, p95, p99 = np.percentile(array, [50, 95, 99])
-    return {"mean": round(float(array.mean()), 3), "p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
-
-
 class _Collector:
     """Accumulates what the summary and the timeline need, frame by frame."""
 
@@ -344,25 +340,25 @@ class _Collector:
             track["smoothed"].append(face.smoothed)
             track["raw"].append(face.probabilities)
 
-    def track_summaries(self) -> list[dict[str, Any]]:
+    def track_summaries(self) -> list[TrackSummary]:
         out = []
         for track_id, track in sorted(self.tracks.items()):
             smoothed = np.asarray(track["smoothed"])
             labels = np.bincount(smoothed.argmax(axis=1), minlength=len(self.classes))
             out.append(
-                {
-                    "track_id": track_id,
-                    "first_frame": track["frame"][0],
-                    "last_frame": track["frame"][-1],
-                    "frames": len(track["frame"]),
-                    "first_time_s": round(track["time"][0], 3),
-                    "last_time_s": round(track["time"][-1], 3),
-                    "dominant_label": self.classes[int(labels.argmax())],
-                    "label_counts": {c: int(n) for c, n in zip(self.classes, labels)},
-                    "mean_probabilities": {
+                TrackSummary(
+                    track_id=track_id,
+                    first_frame=track["frame"][0],
+                    last_frame=track["frame"][-1],
+                    frames=len(track["frame"]),
+                    first_time_s=round(track["time"][0], 3),
+                    last_time_s=round(track["time"][-1], 3),
+                    dominant_label=self.classes[int(labels.argmax())],
+                    label_counts={c: int(n) for c, n in zip(self.classes, labels)},
+                    mean_probabilities={
                         c: round(float(p), 4) for c, p in zip(self.classes, np.asarray(track["raw"]).mean(axis=0))
                     },
-                }
+                )
             )
         return out
 
@@ -432,8 +428,7 @@ def plot_timeline(collector: _Collector, title: str) -> bytes:
     tracks.sort(key=lambda kv: kv[0])
     rows = max(len(tracks), 1)
     height = 1.3 + 1.7 * rows
-    figure = Figure(figsize=(10, height), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = new_figure(10, height)
     axes = figure.subplots(rows, 1, squeeze=False, sharex=True)[:, 0]
     colors = [tuple(c / 255.0 for c in reversed(class_color(name))) for name in collector.classes]
     if not tracks:
@@ -460,9 +455,7 @@ def plot_timeline(collector: _Collector, title: str) -> bytes:
             fontsize="small", frameon=False,
         )
     figure.tight_layout(rect=(0, 0, 1, 1.0 - 0.6 / height))
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return figure_png(figure)
 
 
 def annotate_file(
@@ -509,16 +502,37 @@ def _write_outputs(
     path: Path, source: VideoFileSource | ImageSource, paths: OutputPaths, pipeline: Pipeline,
     settings: dict[str, Any], report: Callable[[int], None],
 ) -> tuple[dict[str, Any], list[str]]:
-    """One pass in three threads: a reader decodes ahead, this thread runs the pipeline, a writer draws, encodes and
-    writes the CSV (bounded queues between them, so memory stays flat and the stages overlap)."""
+    """Annotate the frames, write what needs the whole input, then the summary (last: it marks the input done) →
+    (summary, warnings)."""
     fingerprint = input_fingerprint(path)
     still = isinstance(source, ImageSource)
-    save_faces_every = settings["save_faces_every"]
     collector = _Collector(pipeline.classes)
-    keeper = _FaceKeeper(save_faces_every, paths.faces, pipeline.predictor.input_size)
+    keeper = _FaceKeeper(settings["save_faces_every"], paths.faces, pipeline.predictor.input_size)
     overlay = Overlay(pipeline.config, pipeline.backend_name) if settings["video"] else None
     pipeline.reset()
     started = time.perf_counter()
+    annotated_png = _annotate_frames(source, paths, pipeline, overlay, collector, keeper, report)
+    outputs = _write_whole_input_files(path, paths, still, overlay is not None, collector, keeper, annotated_png)
+    wall_s = time.perf_counter() - started
+    video = isinstance(source, VideoFileSource)
+    warnings = _input_warnings(source, collector)
+    summary = build_summary(
+        path, fingerprint, settings, pipeline.config.to_dict(), pipeline.backend_name, collector, still=still,
+        fps=source.fps if video else 0.0, declared=source.frame_count, truncated=video and source.truncated,
+        saved_faces=keeper.count, wall_s=wall_s, outputs=outputs, warnings=warnings,
+    ).to_dict()
+    atomic_write_json(paths.summary, summary)
+    return summary, warnings
+
+
+def _annotate_frames(
+    source: VideoFileSource | ImageSource, paths: OutputPaths, pipeline: Pipeline, overlay: Overlay | None,
+    collector: _Collector, keeper: _FaceKeeper, report: Callable[[int], None],
+) -> bytes | None:
+    """One pass in three threads: a reader decodes ahead, this thread runs the pipeline, a writer draws, encodes and
+    writes the CSV (bounded queues between them, so memory stays flat and the stages overlap) → the annotated PNG of
+    an image input with an overlay, else None."""
+    still = isinstance(source, ImageSource)
     annotated_png: bytes | None = None
     with contextlib.ExitStack() as stack:
         stack.callback(keeper.close)
@@ -549,75 +563,149 @@ def _write_outputs(
             keeper.add(result)
             writer.put(result)
             report(1)
+    return annotated_png
+
+
+def _write_whole_input_files(
+    path: Path, paths: OutputPaths, still: bool, drawn: bool, collector: _Collector, keeper: _FaceKeeper,
+    annotated_png: bytes | None,
+) -> dict[str, str]:
+    """Write the files made from the whole input (the annotated image, the timeline, the face crops) → the summary's
+    ``outputs``: each output's file name by role."""
     outputs = {"csv": paths.csv.name}
     if annotated_png is not None:
         atomic_write_bytes(paths.media, annotated_png)
-    if overlay is not None:
+    if drawn:
         outputs = {"media": paths.media.name, **outputs}
         if not still:
             atomic_write_bytes(paths.timeline, plot_timeline(collector, path.name))
             outputs["timeline"] = paths.timeline.name
-    if save_faces_every > 0:
+    if keeper.every > 0:
         keeper.save()
         outputs["faces"] = paths.faces.name
-    wall_s = time.perf_counter() - started
-    video = isinstance(source, VideoFileSource)
+    return outputs
+
+
+def _input_warnings(source: VideoFileSource | ImageSource, collector: _Collector) -> list[str]:
+    """What the summary warns about: a video that ended early, an input without a face."""
     warnings: list[str] = []
-    if video and source.truncated:
+    if isinstance(source, VideoFileSource) and source.truncated:
         warnings.append(f"truncated video: decoded {source.frames_read} of {source.frame_count} declared frames")
     if collector.faces == 0:
         warnings.append("no faces found")
-    summary = build_summary(
-        path, fingerprint, settings, pipeline.config.to_dict(), pipeline.backend_name, collector, still=still,
-        fps=source.fps if video else 0.0, declared=source.frame_count, truncated=video and source.truncated,
-        saved_faces=keeper.count, wall_s=wall_s, outputs=outputs, warnings=warnings,
-    )
-    atomic_write_json(paths.summary, summary)
-    return summary, warnings
+    return warnings
+
+
+@dataclass(frozen=True)
+class MediaSummary:
+    """The summary's ``media``: the input as decoded."""
+
+    kind: Literal["video", "image"]
+    width: int
+    height: int
+    fps: float
+    declared_frames: int | None
+    frames: int
+    duration_s: float
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class TrackSummary:
+    """One element of the summary's ``tracks``."""
+
+    track_id: int
+    first_frame: int
+    last_frame: int
+    frames: int
+    first_time_s: float
+    last_time_s: float
+    dominant_label: str
+    label_counts: dict[str, int]
+    mean_probabilities: dict[str, float]
+
+
+@dataclass(frozen=True)
+class TimingSummary:
+    """The summary's ``timing``: the speed of this run."""
+
+    wall_s: float
+    processing_fps: float
+    realtime_factor: float | None
+    stage_ms: dict[str, dict[str, float]]
+    end_to_end_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class AnnotationSummary:
+    """The JSON summary of one finished input, ``<name>.json`` (schema: docs/outputs.md); also the "done" marker
+    :func:`is_complete` reads. ``segments``: how a video annotated in segments was split (None otherwise)."""
+
+    input: str
+    input_fingerprint: dict[str, int]
+    settings: dict[str, Any]
+    config: dict[str, Any]
+    backend: str
+    media: MediaSummary
+    frames_with_faces: int
+    saved_faces: int
+    faces: int
+    tracks: list[TrackSummary]
+    label_counts: dict[str, int]
+    timing: TimingSummary
+    outputs: dict[str, str]
+    warnings: list[str]
+    segments: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as written: ``format`` and ``complete`` first, then the fields in order (``segments`` only
+        when set)."""
+        data = {"format": FORMAT, "complete": True, **asdict(self)}
+        if self.segments is None:
+            del data["segments"]
+        return data
 
 
 def build_summary(
     path: Path, fingerprint: dict[str, int], settings: dict[str, Any], config: dict[str, Any], backend: str,
     collector: _Collector, *, still: bool,
     fps: float, declared: int | None, truncated: bool, saved_faces: int, wall_s: float, outputs: dict[str, str],
-    warnings: list[str],
-) -> dict[str, Any]:
-    """The JSON summary of one finished input (the "done" marker: :func:`is_complete` reads it); ``fingerprint``: the
-    input's as it was read."""
+    warnings: list[str], segments: list[dict[str, Any]] | None = None,
+) -> AnnotationSummary:
+    """The summary of one finished input; ``fingerprint``: the input's as it was read."""
     duration_s = collector.frames / fps if fps else 0.0
-    return {
-        "format": FORMAT,
-        "complete": True,
-        "input": str(path.resolve()),
-        "input_fingerprint": fingerprint,
-        "settings": settings,
-        "config": config,
-        "backend": backend,
-        "media": {
-            "kind": "image" if still else "video",
-            "width": collector.width,
-            "height": collector.height,
-            "fps": round(fps, 4),
-            "declared_frames": declared,
-            "frames": collector.frames,
-            "duration_s": round(duration_s, 3),
-            "truncated": bool(truncated),
-        },
-        "frames_with_faces": collector.frames_with_faces,
-        "saved_faces": saved_faces,
-        "faces": collector.faces,
-        "tracks": collector.track_summaries(),
-        "label_counts": {c: int(n) for c, n in zip(collector.classes, collector.label_counts)},
-        "timing": {
-            "wall_s": round(wall_s, 3),
-            "processing_fps": round(collector.frames / wall_s, 2) if wall_s > 0 else 0.0,
-            "realtime_factor": round(duration_s / wall_s, 2) if wall_s > 0 and duration_s else None,
-            "stage_ms": {name[:-3]: _percentiles(values) for name, values in collector.stage_ms.items()},
-            "end_to_end_ms": _percentiles(collector.total_ms),
-        },
-        "outputs": outputs,
-        "warnings": warnings,
-    }
+    return AnnotationSummary(
+        input=str(path.resolve()),
+        input_fingerprint=fingerprint,
+        settings=settings,
+        config=config,
+        backend=backend,
+        media=MediaSummary(
+            kind="image" if still else "video",
+            width=collector.width,
+            height=collector.height,
+            fps=round(fps, 4),
+            declared_frames=declared,
+            frames=collector.frames,
+            duration_s=round(duration_s, 3),
+            truncated=bool(truncated),
+        ),
+        frames_with_faces=collector.frames_with_faces,
+        saved_faces=saved_faces,
+        faces=collector.faces,
+        tracks=collector.track_summaries(),
+        label_counts={c: int(n) for c, n in zip(collector.classes, collector.label_counts)},
+        timing=TimingSummary(
+            wall_s=round(wall_s, 3),
+            processing_fps=round(collector.frames / wall_s, 2) if wall_s > 0 else 0.0,
+            realtime_factor=round(duration_s / wall_s, 2) if wall_s > 0 and duration_s else None,
+            stage_ms={name[:-3]: percentiles(values) for name, values in collector.stage_ms.items()},
+            end_to_end_ms=percentiles(collector.total_ms),
+        ),
+        outputs=outputs,
+        warnings=warnings,
+        segments=segments,
+    )
 
 
 def failure(path: Path | str, exc: BaseException) -> str:
@@ -661,7 +749,7 @@ def annotate_inputs(
     if not files:
         raise SourceError("no inputs: give video/image files or folders containing them")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     config = pipeline.config if pipeline is not None else config or PipelineConfig()
     config.validate()
     settings = annotation_settings(config, save_faces_every, video)

@@ -9,7 +9,6 @@ JSON, a markdown table and a PNG chart. The ``annotate`` speed on the sample vid
 
 from __future__ import annotations
 
-import io
 import os
 import platform
 import tempfile
@@ -21,11 +20,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from leaf_fer.engines.predictor import Predictor
 from tqdm import tqdm
 
-from leaf_fer.engines.predictor import Predictor
+from leaf_fer.common import LeafFerError, figure_png, new_figure, percentiles
 
 from .annotate import OutputPaths, annotate_file, sample_video
 from .pipeline import Pipeline, PipelineConfig, create_predictor
@@ -91,11 +89,6 @@ def available_predictors(backends: tuple[str, ...], weights: str | None) -> Iter
             yield backend, f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    p50, p95, p99 = np.percentile(np.asarray(values, dtype=np.float64), [50, 95, 99])
-    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3), "mean": round(float(np.mean(values)), 3)}
-
-
 def measure(
     scenario: Scenario, predictor: Predictor, frames: int, warmup: int, progress: Callable[[], None] | None = None
 ) -> dict[str, Any]:
@@ -121,10 +114,10 @@ def measure(
         wall = time.perf_counter() - wall_start
         source.close()
     if not timings:
-        raise RuntimeError(f"{scenario.video}: fewer than {warmup + 1} frames")
+        raise LeafFerError(f"{scenario.video}: fewer than {warmup + 1} frames")
     totals = [t.total_ms for t in timings]
     budget_ms = 1000.0 / fps
-    e2e = _stats(totals)
+    e2e = percentiles(totals)
     return {
         "scenario": scenario.name,
         "backend": predictor.backend_name,
@@ -132,7 +125,7 @@ def measure(
         "frame_size": f"{size[0]}x{size[1]}",
         "frames": len(timings),
         "faces_per_frame": round(float(np.mean(faces)), 2),
-        "stages_ms": {s: _stats([getattr(t, f"{s}_ms") for t in timings]) for s in STAGES},
+        "stages_ms": {s: percentiles([getattr(t, f"{s}_ms") for t in timings]) for s in STAGES},
         "end_to_end_ms": e2e,
         "fps": round(1000.0 / e2e["mean"], 1),
         "wall_fps": round(len(timings) / wall, 1) if wall > 0 else None,
@@ -204,8 +197,7 @@ def markdown_table(report: dict[str, Any]) -> str:
 def chart(report: dict[str, Any]) -> bytes:
     """Stacked p50 stage times per scenario/backend, e2e p95/p99 markers and each source's real-time budget."""
     results = report["results"]
-    figure = Figure(figsize=(max(8.0, 1.6 * len(results) + 5), 4.5), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = new_figure(max(8.0, 1.6 * len(results) + 5), 4.5)
     ax = figure.subplots()
     x = np.arange(len(results))
     bottom = np.zeros(len(results))
@@ -225,9 +217,7 @@ def chart(report: dict[str, Any]) -> bytes:
     ax.set_title("leaf-fer realtime pipeline latency per frame")
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return figure_png(figure)
 
 
 def run_bench(
@@ -253,7 +243,7 @@ def run_bench(
         predictors = [(b, p) for b, p in loaded if isinstance(p, Predictor)]
         unavailable = {b: p for b, p in loaded if isinstance(p, str)}
         if not predictors:
-            raise RuntimeError("no inference backend could be loaded: " + "; ".join(f"{b}: {r}" for b, r in unavailable.items()))
+            raise LeafFerError("no inference backend could be loaded: " + "; ".join(f"{b}: {r}" for b, r in unavailable.items()))
         total = len(cases) * len(predictors) * frames
         try:
             with tqdm(total=total, desc="bench", unit="frame", disable=not progress, dynamic_ncols=True) as bar:

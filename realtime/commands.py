@@ -6,10 +6,16 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
-BENCH_BACKENDS = ("onnxruntime", "torch", "tensorrt")
-BACKENDS = ("auto", *BENCH_BACKENDS)
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
+from leaf_fer.engines.names import BACKENDS
+
+from leaf_fer.common import ConfigError
+
+from .settings import DETECTOR_RANGES, PipelineConfig, option_fields
+
+BENCH_BACKENDS: tuple[str, ...] = tuple(name for name in BACKENDS if name != "auto")
+"""What ``bench --backends`` accepts: every backend, each tried on its own."""
 
 
 def _cores() -> int:
@@ -17,55 +23,42 @@ def _cores() -> int:
 
 
 def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
-    """Pipeline options shared by `annotate` and `gui`: model, backend, detector and smoothing."""
-    parser.add_argument("--weights", help="weights .safetensors (default: the shipped model)")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (default: auto)")
-    parser.add_argument(
-        "--precision",
-        default="auto",
-        choices=PRECISIONS,
-        help="inference precision: auto (the backend's own: FP16 on TensorRT, else FP32), fp32, fp16, or int8 "
-        "(ONNX Runtime, statically quantised, calibrated on face crops; `leaf-fer compile --target onnx-int8`)",
-    )
-    parser.add_argument(
-        "--detector-range",
-        default="short",
-        choices=("short", "full"),
-        help="short: faces within ~2 m, fastest (default); full: up to ~5 m, group shots",
-    )
-    parser.add_argument(
-        "--no-fallback-detector",
-        dest="fallback_detector",
-        action="store_false",
-        help="MediaPipe only: no second look with OpenCV's YuNet on frames where MediaPipe finds no face",
-    )
-    parser.add_argument("--min-confidence", type=float, default=0.65, help="minimum face detection score (default 0.65)")
-    parser.add_argument(
-        "--smoothing", type=float, default=0.7, help="EMA weight of each track's past probabilities, 0 = off (default 0.7)"
-    )
-    parser.add_argument("--max-faces", type=int, default=8, help="at most this many faces per frame (default 8)")
+    """One flag per :class:`PipelineConfig` field that has one (shared by `annotate`, `gui` and `evaluate`)."""
+    for item, option in option_fields():
+        if not option.flag:
+            continue
+        if isinstance(item.default, bool):
+            action = "store_false" if item.default else "store_true"
+            help_text = f"turn off: {option.help}" if item.default else option.help
+            parser.add_argument(option.flag, dest=item.name, action=action, help=help_text)
+            continue
+        help_text = option.help if item.default is None else f"{option.help} (default: {item.default})"
+        parser.add_argument(
+            option.flag,
+            dest=item.name,
+            type=str if item.default is None else type(item.default),
+            default=item.default,
+            choices=option.choices or None,
+            metavar=None if option.choices else option.flag.lstrip("-").replace("-", "_").upper(),
+            help=help_text,
+        )
 
 
-def pipeline_config(args: argparse.Namespace, **overrides: object):
-    """The :class:`PipelineConfig` of :func:`add_pipeline_options`' flags, validated."""
-    from .pipeline import PipelineConfig
-
-    config = PipelineConfig(
-        weights=args.weights,
-        backend=args.backend,
-        precision=args.precision,
-        detector_range=args.detector_range,
-        fallback_detector=args.fallback_detector,
-        min_detection_confidence=args.min_confidence,
-        smoothing_alpha=args.smoothing,
-        max_faces=args.max_faces,
-        **overrides,
-    )
+def pipeline_config(args: argparse.Namespace, **overrides: object) -> PipelineConfig:
+    """The :class:`PipelineConfig` of :func:`add_pipeline_options`' flags with ``overrides``, validated."""
+    flags = {item.name: getattr(args, item.name) for item, option in option_fields() if option.flag}
+    config = PipelineConfig(**{**flags, **overrides})
     config.validate()
     return config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_annotate(subparsers)
+    _register_evaluate(subparsers)
+    _register_bench(subparsers)
+
+
+def _register_annotate(subparsers: argparse._SubParsersAction) -> None:
     annotate = subparsers.add_parser(
         "annotate",
         help="annotate videos: overlay video, per-face CSV, JSON summary, expression timeline",
@@ -112,6 +105,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_pipeline_options(annotate)
     annotate.set_defaults(func=run_annotate)
 
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    evaluate = subparsers.add_parser(
+        "evaluate", help="accuracy, macro recall and per-class recall: on model-size faces (npz) or end to end",
+        description="An .npz of 48x48 faces scores the model alone. Class sub-folders or a labels CSV (file, label) "
+                    "of full-size images run the whole pipeline (detector, aligner, model): no-face rate, accuracy, "
+                    "macro recall, per-class recall, confusion PNG and JSON.")
+    evaluate.add_argument("--data", type=Path, required=True,
+                          help="npz (images + ferplus_votes or labels), a class-folder tree or a labels CSV")
+    evaluate.add_argument("--json", type=Path, help="also write the scores to this JSON file")
+    evaluate.add_argument("--output", type=Path, help="folder for evaluation.json and confusion.png (default: none)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_pipeline_options(evaluate)
+    evaluate.set_defaults(func=run_evaluate)
+
+
+def _register_bench(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser(
         "bench",
         help="per-stage latency p50/p95/p99 and FPS per backend, 1 and several faces; JSON + markdown + PNG",
@@ -137,7 +147,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--detector-range",
         default="short",
-        choices=("short", "full"),
+        choices=DETECTOR_RANGES,
         help="detector for the one-face run (the group clip always uses full range)",
     )
     bench.add_argument("--weights", help="weights .safetensors (default: the shipped model)")
@@ -151,9 +161,9 @@ def run_annotate(args: argparse.Namespace) -> int:
 
     config = pipeline_config(args)
     if args.save_faces < 0:
-        raise ValueError(f"--save-faces must be 0 (off) or a positive frame step, got {args.save_faces}")
+        raise ConfigError(f"--save-faces must be 0 (off) or a positive frame step, got {args.save_faces}")
     if args.segment_frames is not None and args.segment_frames < 0:
-        raise ValueError(f"--segment-frames must be 0 (never split) or a positive length, got {args.segment_frames}")
+        raise ConfigError(f"--segment-frames must be 0 (never split) or a positive length, got {args.segment_frames}")
 
     def report(outcome: AnnotateOutcome) -> None:
         print(outcome.line(), file=sys.stderr if outcome.status == "failed" else sys.stdout, flush=True)
@@ -180,11 +190,45 @@ def run_annotate(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from leaf_fer.train.metrics import plot_confusion
+
+    from leaf_fer.common import atomic_write_bytes
+
+    from .evaluate import evaluate_end_to_end, evaluate_npz, write_report
+    from .pipeline import create_predictor
+
+    config = pipeline_config(args, draw=False)
+    if args.data.suffix != ".npz":
+        report = evaluate_end_to_end(args.data, config, progress=not args.no_progress)
+        print(report.summary())
+        payload = (json.dumps(report.to_dict(), indent=2) + "\n").encode()
+        if args.output:
+            write_report(report, args.output, f"{args.data.name}, end to end")
+    else:
+        with create_predictor(config) as predictor:
+            scores, protocol = evaluate_npz(predictor, args.data)
+        print(f"{args.data} ({protocol}, {len(scores.classes)} classes, {predictor.describe()})")
+        print(scores.summary())
+        payload = (json.dumps({"data": str(args.data), "protocol": protocol, **scores.to_dict()}, indent=2) + "\n").encode()
+        if args.output:
+            atomic_write_bytes(args.output / "evaluation.json", payload)
+            plot_confusion(scores, args.output / "confusion.png", f"{args.data.name}, {protocol}")
+    if args.json:
+        atomic_write_bytes(args.json, payload)
+    if args.output:
+        print(f"evaluate: wrote {args.output}/evaluation.json, confusion.png")
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
-    from .bench import markdown_table, run_bench as bench
+    from .bench import markdown_table
+    from .bench import run_bench as bench
 
     if args.frames < 1 or args.warmup < 0:
-        raise ValueError("--frames must be >= 1 and --warmup >= 0")
+        raise ConfigError("--frames must be >= 1 and --warmup >= 0")
     if args.throughput:
         from .throughput import markdown, run_throughput
 

@@ -17,6 +17,8 @@ from mediapipe import Image, ImageFormat
 from mediapipe.tasks.python import BaseOptions, vision
 from mediapipe.tasks.python.components.containers.detections import Detection as MediaPipeDetection
 
+from leaf_fer.common import ConfigError
+
 from .types import Detection
 
 DetectorRange = Literal["short", "full"]
@@ -49,7 +51,7 @@ def asset_bytes(name: str) -> bytes:
 def model_bytes(detector_range: DetectorRange) -> bytes:
     """The shipped .tflite model for ``"short"`` (faces within ~2 m) or ``"full"`` (up to ~5 m, group shots)."""
     if detector_range not in MODEL_FILES:
-        raise ValueError(f"detector range must be one of {sorted(MODEL_FILES)}, got {detector_range!r}")
+        raise ConfigError(f"detector range must be one of {sorted(MODEL_FILES)}, got {detector_range!r}")
     return asset_bytes(MODEL_FILES[detector_range])
 
 
@@ -96,7 +98,7 @@ class FaceDetector:
         min_suppression: float = 0.3,
     ) -> None:
         if not 0.0 <= min_confidence <= 1.0:
-            raise ValueError(f"min detection confidence must be in [0, 1], got {min_confidence}")
+            raise ConfigError(f"min detection confidence must be in [0, 1], got {min_confidence}")
         self.detector_range = detector_range
         self.min_confidence = min_confidence
         self.max_faces = max_faces
@@ -182,7 +184,7 @@ class YuNetDetector:
 
     def __init__(self, min_confidence: float = 0.6, max_faces: int | None = None, min_suppression: float = 0.3) -> None:
         if not 0.0 <= min_confidence <= 1.0:
-            raise ValueError(f"min detection confidence must be in [0, 1], got {min_confidence}")
+            raise ConfigError(f"min detection confidence must be in [0, 1], got {min_confidence}")
         self.max_faces = max_faces
         self._net = cv2.FaceDetectorYN.create(
             "onnx", np.frombuffer(asset_bytes(YUNET_MODEL_FILE), np.uint8), np.zeros(0, np.uint8), (320, 320),

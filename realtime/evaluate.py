@@ -1,9 +1,11 @@
-"""End-to-end evaluation on full-size labeled images: the whole live pipeline (detector cascade → aligner → model),
-one still frame per image, scored against the image's label.
+"""``leaf-fer evaluate``: a model scored on labeled faces, on any backend (ONNX Runtime needs no torch).
 
-An image where no face is found counts as a miss; the report gives the no-face rate beside accuracy, macro recall
-(the mean of the per-class recalls), per-class recall, a confusion matrix with a ``no face`` column, and the same
-numbers over the images where a face was found.
+- Full-size labeled images (class folders or a labels CSV): the whole live pipeline (detector cascade → aligner →
+  model), one still frame per image, scored against the image's label. An image where no face is found counts as a
+  miss; the report gives the no-face rate beside accuracy, macro recall (the mean of the per-class recalls), per-class
+  recall, a confusion matrix with a ``no face`` column, and the same numbers over the images where a face was found.
+- An npz of model-size faces (:func:`evaluate_npz`): the model alone, FER+ majority (``ferplus_votes``) or FER2013
+  labels (``labels``), over the classes the model and the data share.
 """
 
 from __future__ import annotations
@@ -15,17 +17,49 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from leaf_fer.engines import Predictor
+from leaf_fer.train.data import FaceData, labeled_files, load_npz, targets_for
+from leaf_fer.train.metrics import Scores, plot_confusion, score
+from leaf_fer.train.model_spec import FER2013_CLASSES, FERPLUS_CLASSES
 from tqdm import tqdm
 
-from leaf_fer.train.data import labeled_files
-from leaf_fer.train.metrics import Scores, plot_confusion, score
-from leaf_fer.train.model import FERPLUS_CLASSES
-from leaf_fer.train.weights import atomic_write_bytes
+from leaf_fer.common import ConfigError, atomic_write_bytes
 
 from .pipeline import Pipeline, PipelineConfig
 from .types import Frame
 
 NO_FACE = "no face"
+NPZ_BATCH = 256
+
+
+def evaluate_npz(predictor: Predictor, data_path: str | Path) -> tuple[Scores, str]:
+    """Scores of ``predictor`` on an npz of model-size faces, over the classes the model and the data share; returns
+    the scores and the protocol used (FER+ majority or FER2013 labels)."""
+    data = load_npz(data_path)
+    protocol = "FER+ majority" if data.ferplus_votes is not None else "FER2013 labels"
+    targets = targets_for(data, predictor.classes)
+    data_classes = _data_classes(data)
+    shared = [i for i, name in enumerate(predictor.classes) if name in data_classes]
+    if not shared:
+        raise ConfigError(f"{data_path}: no class in common with the model ({predictor.classes})")
+    rows = np.flatnonzero(targets.hard >= 0)
+    if len(rows) == 0:
+        raise ConfigError(f"{data_path}: no sample has a label the model knows")
+    probs = np.concatenate([predictor.predict(data.images[rows[i:i + NPZ_BATCH]]) for i in range(0, len(rows), NPZ_BATCH)])
+    predictions = np.array(shared)[probs[:, shared].argmax(axis=1)]
+    remap = {old: new for new, old in enumerate(shared)}
+    labels = np.array([remap[y] for y in targets.hard[rows]])
+    scores = score(labels, np.array([remap[p] for p in predictions]), tuple(predictor.classes[i] for i in shared))
+    return scores, protocol
+
+
+def _data_classes(data: FaceData) -> set[str]:
+    """The classes the data's labels can name: FER+'s eight, or FER2013's seven plus contempt where it occurs."""
+    if data.ferplus_votes is not None:
+        return set(FERPLUS_CLASSES)
+    present = set(np.unique(data.fer2013_labels).tolist())
+    names = (*FER2013_CLASSES, "contempt")
+    return {names[i] for i in present} | set(FER2013_CLASSES)
 
 
 @dataclass
@@ -91,7 +125,7 @@ def evaluate_end_to_end(data: str | Path, config: PipelineConfig | None = None, 
         if own:
             pipeline.close()
     if not truth:
-        raise ValueError(f"{data}: no readable image with a class the model knows ({', '.join(model_classes)})")
+        raise ConfigError(f"{data}: no readable image with a class the model knows ({', '.join(model_classes)})")
     truth_array, predicted_array = np.array(truth), np.array(predicted)
     found = predicted_array != len(classes) - 1
     return EndToEndReport(

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from leaf_fer.train.weights import atomic_write_bytes, file_sha256
+from leaf_fer.common import atomic_write_bytes, file_sha256
 
 from . import align, detector
 from .detector import CascadeDetector

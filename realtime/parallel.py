@@ -18,8 +18,10 @@ import ipaddress
 import json
 import multiprocessing
 import os
+import select
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -28,9 +30,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from leaf_fer.train.weights import default_weights_path, read_metadata
 from tqdm import tqdm
 
-from leaf_fer.train.weights import default_weights_path, read_metadata
+from leaf_fer.common import LeafFerError
 
 from . import annotate, segments
 from .annotate import IMAGE_EXTENSIONS, AnnotateOutcome, OutputPaths
@@ -147,8 +150,35 @@ def run_unit(job: Job, unit: Unit) -> dict[str, Any]:
         return {"status": "failed", "message": annotate.failure(unit.input, exc)}
 
 
-def _start_worker(progress: multiprocessing.Queue, config: dict[str, Any]) -> None:
-    """Process-pool initializer: report progress through ``progress``; load the model before the first unit."""
+def _exit_with_run(run_pid: int) -> None:
+    """End this worker as soon as the process that runs the job ends, however it ends (a killed ``annotate`` must
+    leave no worker behind: the fork server keeps its workers alive, and they would wait forever for work)."""
+
+    def watch() -> None:
+        try:
+            lifeline = os.pidfd_open(run_pid)
+        except (AttributeError, OSError):  # no pidfd here (not Linux 5.3+), or the run has already ended: poll
+            while _alive(run_pid):
+                time.sleep(0.5)
+        else:
+            select.select([lifeline], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="leaf-fer-lifeline", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _start_worker(progress: multiprocessing.Queue, config: dict[str, Any], run_pid: int) -> None:
+    """Process-pool initializer: end with the run; report progress through ``progress``; load the model before the
+    first unit."""
+    _exit_with_run(run_pid)
     _WORKER.sink = lambda key, frames: progress.put((key, frames))
     with contextlib.suppress(Exception):  # a pipeline that cannot load fails each unit with the reason instead
         _WORKER.pipeline_for(config)
@@ -195,7 +225,7 @@ class _Processes:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(self.slots, mp_context=self._context, initializer=_start_worker,
-                                   initargs=(self._progress, self._config))
+                                   initargs=(self._progress, self._config, os.getpid()))
         for _ in range(self.slots):
             pool.submit(int)
         return pool
@@ -234,7 +264,7 @@ class _Ray:
         try:
             import ray
         except ImportError as exc:
-            raise RuntimeError("--ray needs Ray: pip install 'leaf-fer[ray]'") from exc
+            raise LeafFerError("--ray needs Ray: pip install 'leaf-fer[ray]'") from exc
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         options: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
         if address == "local":

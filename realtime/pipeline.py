@@ -7,16 +7,12 @@ layers on this class.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
-from typing import Any
 
 import cv2
 import numpy as np
-
-from leaf_fer.engines import PRECISIONS, Predictor
+from leaf_fer.engines import Predictor
 from leaf_fer.engines import create_predictor as create_engine_predictor
 
 from .align import align_faces
@@ -28,72 +24,13 @@ from .annotators import (
     LabelAnnotator,
     ProbabilityBarsAnnotator,
 )
-from .detector import MODEL_FILES, CascadeDetector
+from .detector import CascadeDetector
+from .settings import PipelineConfig
 from .smoothing import ProbabilitySmoother
 from .tracker import Tracker
 from .types import Detection, FacePrediction, Frame, FrameResult, StageTimings
 
-BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
-"""Backend names accepted by :class:`PipelineConfig` (the engines' ``create_predictor`` names)."""
-
-
-@dataclass
-class PipelineConfig:
-    """Everything that shapes the pipeline's output; the defaults suit a webcam or a close-up video.
-
-    ``fallback_detector``: where MediaPipe finds no face, OpenCV's YuNet looks again (faces that fill the frame, small,
-    dark or group shots). ``min_detection_confidence`` 0.65: real faces in the test clips score 0.88-0.97 with the short-range model,
-    while an animated title scores up to 0.61. ``threads``: CPU threads for inference (0 = the backend's default);
-    one thread keeps per-frame latency steady, since a batch of a few 48x48 faces gains little from more and an
-    OpenMP team competing with other busy cores stalls for tens to hundreds of milliseconds. ``precision``: ``auto``
-    (the backend's own: FP16 on TensorRT, FP32 elsewhere), ``fp32``, ``fp16`` or ``int8`` (ONNX Runtime, statically
-    quantised). ``detect_max_side``: frames larger than this (longer side, px) are detected on a downscaled copy and
-    the boxes and keypoints mapped back (0 = full size); alignment always reads the full-resolution frame. The
-    detectors look at 128-640 px inputs anyway, so this only saves the cost of handing them a large frame.
-    """
-
-    weights: str | os.PathLike[str] | None = None
-    backend: str = "auto"
-    precision: str = "auto"
-    detector_range: str = "short"
-    fallback_detector: bool = True
-    min_detection_confidence: float = 0.65
-    smoothing_alpha: float = 0.7
-    max_faces: int = 8
-    max_lost: int = 15
-    detect_max_side: int = 640
-    threads: int = 1
-    draw: bool = True
-    draw_boxes: bool = True
-    draw_keypoints: bool = False
-    draw_labels: bool = True
-    draw_bars: bool = True
-    draw_hud: bool = True
-
-    def validate(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
-        if self.detector_range not in MODEL_FILES:
-            raise ValueError(f"detector range must be one of {', '.join(MODEL_FILES)}; got {self.detector_range!r}")
-        if not 0.0 <= self.min_detection_confidence <= 1.0:
-            raise ValueError(f"min detection confidence must be in [0, 1]; got {self.min_detection_confidence}")
-        if not 0.0 <= self.smoothing_alpha < 1.0:
-            raise ValueError(f"smoothing alpha must be in [0, 1) (0 = off); got {self.smoothing_alpha}")
-        if self.max_faces < 1:
-            raise ValueError(f"max faces must be >= 1; got {self.max_faces}")
-        if self.max_lost < 0:
-            raise ValueError(f"max lost frames must be >= 0; got {self.max_lost}")
-        if self.detect_max_side < 0:
-            raise ValueError(f"detect max side must be >= 0 (0 = full size); got {self.detect_max_side}")
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0 = backend default); got {self.threads}")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["weights"] = os.fspath(self.weights) if self.weights is not None else None
-        return data
+__all__ = ["Overlay", "Pipeline", "PipelineConfig", "create_predictor", "scaled_detection"]
 
 
 def create_predictor(config: PipelineConfig) -> Predictor:

@@ -354,15 +354,16 @@ class Stitcher:
         warnings = [f"truncated video: decoded {self.frames} of {self.declared} declared frames"] if truncated else []
         if self.collector.faces == 0:
             warnings.append("no faces found")
-        summary = annotate.build_summary(
-            self.path, self.fingerprint, self.job.settings, self.job.config, self.backend, self.collector, still=False, fps=self.fps,
-            declared=self.declared, truncated=truncated, saved_faces=self.saved_faces, wall_s=time.time() - self.started,
-            outputs=outputs, warnings=warnings,
-        )
-        summary["segments"] = [
+        wall_s = time.time() - self.started
+        segments = [
             {"first_frame": s.emit_from, "read_from": s.read_from, "frames": (s.stop or self.frames) - s.emit_from,
              "track_ids": {str(a): b for a, b in self.track_maps[k].items()}, "redrawn": bool(renders) and not self.keeps_ids(k)}
             for k, s in enumerate(self.segments)
         ]
+        summary = annotate.build_summary(
+            self.path, self.fingerprint, self.job.settings, self.job.config, self.backend, self.collector, still=False, fps=self.fps,
+            declared=self.declared, truncated=truncated, saved_faces=self.saved_faces, wall_s=wall_s,
+            outputs=outputs, warnings=warnings, segments=segments,
+        ).to_dict()
         atomic_write_json(self.paths.summary, summary)
         return summary, warnings

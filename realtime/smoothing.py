@@ -6,6 +6,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from leaf_fer.common import ConfigError
+
 
 class ProbabilitySmoother:
     """Per-track EMA: ``s_t = alpha * s_{t-1} + (1 - alpha) * p_t``; ``alpha = 0`` turns smoothing off.
@@ -17,7 +19,7 @@ class ProbabilitySmoother:
 
     def __init__(self, alpha: float = 0.7) -> None:
         if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"smoothing alpha must be in [0, 1), got {alpha}")
+            raise ConfigError(f"smoothing alpha must be in [0, 1), got {alpha}")
         self.alpha = alpha
         self._state: dict[int, np.ndarray] = {}
 

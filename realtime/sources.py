@@ -25,6 +25,8 @@ from typing import Protocol, TypeVar
 import cv2
 import numpy as np
 
+from leaf_fer.common import LeafFerError
+
 from .types import Frame
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read when FFmpeg first opens a file; failures raise SourceError
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class SourceError(RuntimeError):
+class SourceError(LeafFerError, RuntimeError):
     """A source that cannot be opened, has no frames, or stopped delivering them; the message is one line."""
 
 

@@ -11,7 +11,6 @@ projection multiplies the measured per-core rate by cores, nodes and the measure
 
 from __future__ import annotations
 
-import io
 import os
 import platform
 import shutil
@@ -23,8 +22,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+from leaf_fer.common import LeafFerError, figure_png, new_figure
 
 from .annotate import annotate_inputs, sample_video
 from .bench import Scenario, make_group_clip, measure, shared_media_dir
@@ -81,7 +80,7 @@ def _annotate(files: Sequence[Path], workdir: Path, **options: Any) -> dict[str,
     shutil.rmtree(out, ignore_errors=True)
     failed = [o.line() for o in outcomes if o.status != "done"]
     if failed:
-        raise RuntimeError("; ".join(failed))
+        raise LeafFerError("; ".join(failed))
     frames = sum(o.summary["media"]["frames"] for o in outcomes if o.summary)
     video_s = sum(o.summary["media"]["duration_s"] for o in outcomes if o.summary)
     return {
@@ -130,7 +129,7 @@ def _latency(group: Path, frames: int, rounds: int = 2) -> dict[str, Any]:
 
 def _accuracy() -> dict[str, Any] | None:
     """FER+ PublicTest accuracy of the FP32 and the INT8 model (``leaf-fer evaluate``'s protocol)."""
-    from leaf_fer.engines.quantize import ferplus_accuracy
+    from .evaluate import evaluate_npz
 
     media = shared_media_dir()
     data = media.parent / "data" / "fer2013_publictest.npz" if media else None
@@ -139,7 +138,7 @@ def _accuracy() -> dict[str, Any] | None:
     scores = {}
     for precision in ("fp32", "int8"):
         with create_predictor(PipelineConfig(backend="onnxruntime", precision=precision)) as predictor:
-            scores[precision] = round(100 * ferplus_accuracy(predictor, data), 2)
+            scores[precision] = round(100 * evaluate_npz(predictor, data)[0].accuracy, 2)
     return {"data": data.name, "accuracy_percent": scores, "gap_points": round(scores["fp32"] - scores["int8"], 2)}
 
 
@@ -286,8 +285,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def chart(report: dict[str, Any]) -> bytes:
     """Left: frames/s per run, 1 and 2 workers; right: 720p real-time factors against their targets."""
-    figure = Figure(figsize=(11, 4.2), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = new_figure(11, 4.2)
     left, right = figure.subplots(1, 2)
     names = ["several inputs", "long video"]
     for offset, side, color in ((-0.2, "one_worker", "#8da0cb"), (0.2, "two_workers", "#fc8d62")):
@@ -307,6 +305,4 @@ def chart(report: dict[str, Any]) -> bytes:
     right.set_title("1280x720, one face")
     right.legend(fontsize="small")
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return figure_png(figure)

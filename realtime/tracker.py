@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from leaf_fer.common import ConfigError
+
 from .types import Detection
 
 MAX_EXTRAPOLATED_FRAMES = 3
@@ -69,7 +71,7 @@ class Tracker:
         velocity_smoothing: float = 0.5,
     ) -> None:
         if max_lost < 0:
-            raise ValueError(f"max_lost must be >= 0, got {max_lost}")
+            raise ConfigError(f"max_lost must be >= 0, got {max_lost}")
         self.max_lost = max_lost
         self.min_iou = min_iou
         self.max_distance = max_distance

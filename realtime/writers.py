@@ -23,7 +23,8 @@ from typing import Any, Generic, TypeVar
 import cv2
 import numpy as np
 
-from leaf_fer.train.weights import atomic_write_bytes as write_bytes_atomically
+from leaf_fer.common import ConfigError, LeafFerError
+from leaf_fer.common import atomic_write_bytes as write_bytes_atomically
 
 from .detector import KEYPOINT_NAMES
 from .sources import opencv_quiet
@@ -33,7 +34,7 @@ VIDEO_FOURCC = "mp4v"
 """MPEG-4 Part 2 in .mp4: what this OpenCV build can encode (no H.264 encoder) and common players decode."""
 
 
-class WriterError(OSError):
+class WriterError(LeafFerError, OSError):
     """An output that cannot be created or written; the message is one line."""
 
 
@@ -196,7 +197,7 @@ class VideoWriter(_AtomicFile):
         fourcc: str = VIDEO_FOURCC,
     ) -> None:
         if not fps > 0:
-            raise ValueError(f"video fps must be > 0, got {fps}")
+            raise ConfigError(f"video fps must be > 0, got {fps}")
         super().__init__(path)
         self.fps = float(fps)
         self.fourcc = fourcc

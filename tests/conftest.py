@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # research/ is not installed: its tests import it from the checkout
+    sys.path.insert(0, str(REPO_ROOT))
 
 
 def shared_dir() -> Path:

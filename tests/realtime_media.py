@@ -5,9 +5,11 @@ Facts below were read off the clips frame by frame (contact sheets) and checked 
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
+import cv2
 import pytest
 
 SHARED = Path(os.environ.get("LEAF_FER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -30,3 +32,19 @@ def media_file(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"test media {path} not found (set LEAF_FER_SHARED)")
     return path
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV written by annotate, as dicts."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def frame_count(path: Path) -> int:
+    """Frames a video really holds, counted by decoding them all."""
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count

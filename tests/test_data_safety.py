@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from realtime_media import media_file
-
-from leaf_fer.cli import main as cli_main
 from leaf_fer.engines import create_predictor
 from leaf_fer.realtime.annotate import WORK_DIR, annotate_inputs, sample_video
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
 from leaf_fer.realtime.writers import VideoWriter, WriterError
+from leaf_fer.train.weights import default_weights_path
+from realtime_media import media_file
+
+from leaf_fer.cli import main as cli_main
 
 Mount = Callable[..., Path]
 
@@ -139,7 +140,7 @@ def test_a_second_run_on_the_same_output_is_refused_and_the_first_completes(
     tmp_path: Path, pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    first = _annotate_process(sample_video(), out)
+    first = _annotate_process(sample_video(), out, "--workers", "1")  # one worker writes from the first frame on
     _wait_until_writing(first, out)
     assert cli_main(["annotate", str(sample_video()), "-o", str(out), "--no-progress"]) == 2
     error = capsys.readouterr().err.strip()
@@ -154,10 +155,15 @@ def test_a_second_run_on_the_same_output_is_refused_and_the_first_completes(
     assert again.status == "skipped"
 
 
-def test_read_only_cache_compiles_elsewhere_with_one_warning(tmpfs: Mount, caplog: pytest.LogCaptureFixture) -> None:
+def test_read_only_cache_compiles_elsewhere_with_one_warning(
+    tmpfs: Mount, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     cache = tmpfs("cache", "1m", "ro")
+    weights = tmp_path / default_weights_path().name  # without the shipped ONNX beside it: it must be compiled
+    shutil.copy(default_weights_path(), weights)
+    shutil.copy(default_weights_path().with_suffix(".json"), weights.with_suffix(".json"))
     with caplog.at_level(logging.WARNING):
-        predictor = create_predictor(backend="onnxruntime", cache_dir=cache, threads=1)
+        predictor = create_predictor(weights, backend="onnxruntime", cache_dir=cache, threads=1)
     try:
         assert predictor.backend_name == "onnxruntime"
         assert not predictor.model_path.is_relative_to(cache)
@@ -165,6 +171,7 @@ def test_read_only_cache_compiles_elsewhere_with_one_warning(tmpfs: Mount, caplo
         assert len(warnings) == 1 and "not writable" in warnings[0] and str(predictor.model_path.parent) in warnings[0]
         assert predictor.predict(np.full((2, 48, 48), 128, np.uint8)).shape == (2, 8)
     finally:
+        assert predictor.model_path.parent.name.startswith("leaf-fer-engines-")
         shutil.rmtree(predictor.model_path.parent)
 
 

@@ -15,10 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto
-
 from _engines_data import accuracy, load_public_test, predict_all
-from leaf_fer.cli import main as cli_main
 from leaf_fer.engines import (
     BackendUnavailableError,
     EngineError,
@@ -26,15 +23,18 @@ from leaf_fer.engines import (
     OrtPredictor,
     TorchPredictor,
     create_predictor,
-    ferplus_accuracy,
+    factory,
 )
-from leaf_fer.engines import factory
 from leaf_fer.engines.artifacts import read_sidecar, sidecar_path
 from leaf_fer.engines.benchmark import markdown_table, run_benchmark, summarize, write_report
-from leaf_fer.engines.export import ensure_onnx
-from leaf_fer.engines.tensorrt_backend import tensorrt_unavailable_reason
+from leaf_fer.engines.factory import tensorrt_unavailable_reason
+from leaf_fer.engines.onnx_store import ensure_onnx, shipped_onnx
+from leaf_fer.realtime.evaluate import evaluate_npz
 from leaf_fer.train.model import LeafNet, ModelConfig
 from leaf_fer.train.weights import WeightsMetadata, default_weights_path, model_hash, save_weights
+from onnx import TensorProto
+
+from leaf_fer.cli import main as cli_main
 
 SENSITIVE_OPS = {"Softmax", "ReduceMean", "ReduceSum", "ReduceL2", "Div", "Clip"}
 
@@ -45,11 +45,20 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def onnx_paths(cache_dir: Path) -> dict[str, Path]:
+def compiled_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shipped weights without the ONNX shipped beside them, so the backends compile their own."""
+    folder = tmp_path_factory.mktemp("weights")
+    shutil.copy(default_weights_path(), folder)
+    shutil.copy(default_weights_path().with_suffix(".json"), folder)
+    return folder / default_weights_path().name
+
+
+@pytest.fixture(scope="module")
+def onnx_paths(cache_dir: Path, compiled_weights: Path) -> dict[str, Path]:
     """FP32 and FP16 ONNX of the shipped weights, exported once for the module."""
     return {
-        "fp32": ensure_onnx(None, cache_dir=cache_dir),
-        "fp16": ensure_onnx(None, precision="fp16", cache_dir=cache_dir),
+        "fp32": ensure_onnx(compiled_weights, cache_dir=cache_dir),
+        "fp16": ensure_onnx(compiled_weights, precision="fp16", cache_dir=cache_dir),
     }
 
 
@@ -148,11 +157,32 @@ def test_fp16_onnx_matches_fp32_top1_and_accuracy(
     assert (fp16_probs.argmax(1) == torch_probs.argmax(1)).mean() >= 0.995
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_the_shipped_model_has_its_onnx_beside_it_and_it_matches_a_fresh_compile(
+    precision: str, onnx_paths: dict[str, Path], public_test: tuple[np.ndarray, np.ndarray], ort_fp32_probs: np.ndarray,
+    tmp_path: Path,
+) -> None:
+    shipped = shipped_onnx(None, precision)
+    assert shipped is not None, f"no {precision} ONNX beside the shipped weights: leaf-fer compile --target ... --output"
+    assert shipped.parent == default_weights_path().parent and ensure_onnx(None, precision=precision) == shipped
+    assert read_sidecar(shipped).model_hash == model_hash(default_weights_path())
+    probs = predict_all(OrtPredictor(shipped, weights=default_weights_path(), threads=1), public_test[0][:500])
+    assert (probs.argmax(1) == ort_fp32_probs[:500].argmax(1)).mean() >= (0.99 if precision != "int8" else 0.97)
+    edited = tmp_path / default_weights_path().name
+    shutil.copy(default_weights_path(), edited)
+    metadata = json.loads(default_weights_path().with_suffix(".json").read_text())
+    metadata["model"]["classes"] = metadata["classes"] = metadata["model"]["classes"][::-1]
+    edited.with_suffix(".json").write_text(json.dumps(metadata))
+    shutil.copy(shipped, tmp_path / shipped.name)
+    shutil.copy(sidecar_path(shipped), sidecar_path(tmp_path / shipped.name))
+    assert shipped_onnx(edited, precision) is None, "a shipped ONNX of other metadata is not used"
+
+
 def test_cached_onnx_is_reused_and_a_corrupt_cache_entry_is_recompiled(
-    onnx_paths: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    onnx_paths: dict[str, Path], compiled_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = onnx_paths["fp32"].stat().st_mtime_ns
-    assert ensure_onnx(None, cache_dir=onnx_paths["fp32"].parents[2]) == onnx_paths["fp32"]
+    assert ensure_onnx(compiled_weights, cache_dir=onnx_paths["fp32"].parents[2]) == onnx_paths["fp32"]
     assert onnx_paths["fp32"].stat().st_mtime_ns == before
 
     copy = tmp_path / "cache"
@@ -161,8 +191,8 @@ def test_cached_onnx_is_reused_and_a_corrupt_cache_entry_is_recompiled(
     payload = bytearray(fp16.read_bytes())
     payload[len(payload) // 2] ^= 0xFF
     fp16.write_bytes(bytes(payload))
-    with caplog.at_level(logging.WARNING, logger="leaf_fer.engines.export"):
-        assert ensure_onnx(None, precision="fp16", cache_dir=copy) == fp16
+    with caplog.at_level(logging.WARNING, logger="leaf_fer.engines.onnx_store"):
+        assert ensure_onnx(compiled_weights, precision="fp16", cache_dir=copy) == fp16
     assert "checksum" in caplog.text
     assert fp16.read_bytes() == onnx_paths["fp16"].read_bytes()
 
@@ -181,7 +211,8 @@ def _edit_sidecar(artifact: Path, /, **changes: object) -> None:
 
 
 def test_edited_weights_metadata_gets_its_own_compiled_model(
-    cache_dir: Path, onnx_paths: dict[str, Path], public_test: tuple[np.ndarray, np.ndarray], tmp_path: Path
+    cache_dir: Path, onnx_paths: dict[str, Path], public_test: tuple[np.ndarray, np.ndarray], tmp_path: Path,
+    compiled_weights: Path,
 ) -> None:
     weights = tmp_path / "reversed.safetensors"
     shutil.copy(default_weights_path(), weights)
@@ -195,7 +226,7 @@ def test_edited_weights_metadata_gets_its_own_compiled_model(
     assert compiled.classes == reference.classes == tuple(metadata["classes"])
     faces = public_test[0][:64]
     assert (compiled.predict(faces).argmax(1) == reference.predict(faces).argmax(1)).all()
-    assert OrtPredictor(weights=None, cache_dir=cache_dir).model_path == onnx_paths["fp32"], "the original stays cached"
+    assert OrtPredictor(weights=compiled_weights, cache_dir=cache_dir).model_path == onnx_paths["fp32"], "the original stays cached"
     with pytest.raises(EngineMismatchError) as stale:
         OrtPredictor(onnx_paths["fp32"], weights=weights)
     assert "classes" in _one_line(stale)
@@ -292,7 +323,7 @@ def test_auto_picks_the_best_available_backend_and_says_why(
     monkeypatch.setattr(factory, "tensorrt_unavailable_reason", lambda: "forced off by the test")
     ort_choice = create_predictor(backend="auto", cache_dir=cache_dir)
     assert ort_choice.backend_name == "onnxruntime" and "forced off by the test" in ort_choice.describe()
-    assert ort_choice.model_path == onnx_paths["fp32"]
+    assert ort_choice.model_path == shipped_onnx(None)
     with pytest.raises(BackendUnavailableError) as refused:
         create_predictor(backend="tensorrt", cache_dir=cache_dir)
     assert "forced off by the test" in _one_line(refused)
@@ -330,7 +361,7 @@ def test_cli_compile_writes_artifact_and_sidecar(
 ) -> None:
     assert cli_main(["compile", "--target", "onnx-fp16", "--cache-dir", str(cache_dir)]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert Path(printed[0]) == onnx_paths["fp16"] and "onnx-fp16 (fp16)" in printed[1]
+    assert Path(printed[0]) == shipped_onnx(None, "fp16") and "onnx-fp16 (fp16)" in printed[1], "shipped: not recompiled"
 
     net = LeafNet(ModelConfig(backbone="resnet-xs"))
     other = save_weights(net, tmp_path / "xs.safetensors", WeightsMetadata(model=net.config))
@@ -355,9 +386,9 @@ def test_cli_compile_writes_artifact_and_sidecar(
 
 def test_int8_onnx_is_within_half_a_point_of_fp32_on_the_public_test_set(
     cache_dir: Path, onnx_paths: dict[str, Path], public_test: tuple[np.ndarray, np.ndarray], ort_fp32_probs: np.ndarray,
-    publictest_npz: Path,
+    publictest_npz: Path, compiled_weights: Path,
 ) -> None:
-    int8 = ensure_onnx(None, precision="int8", cache_dir=cache_dir)
+    int8 = ensure_onnx(compiled_weights, precision="int8", cache_dir=cache_dir)
     sidecar = read_sidecar(int8)
     assert (sidecar.target, sidecar.precision) == ("onnx-int8", "int8") and int8.name.endswith("-int8.onnx")
     assert sidecar.created_with["calibration"].startswith("sample video faces, ")
@@ -370,9 +401,9 @@ def test_int8_onnx_is_within_half_a_point_of_fp32_on_the_public_test_set(
     fp32_accuracy, int8_accuracy = accuracy(ort_fp32_probs, labels), accuracy(int8_probs, labels)
     assert abs(fp32_accuracy - int8_accuracy) <= 0.005, f"int8 {int8_accuracy:.4f} vs fp32 {fp32_accuracy:.4f}"
     assert (int8_probs.argmax(1) == ort_fp32_probs.argmax(1)).mean() >= 0.97
-    assert ferplus_accuracy(predictor, publictest_npz) == pytest.approx(int8_accuracy, abs=1e-9), "evaluate's protocol"
+    assert evaluate_npz(predictor, publictest_npz)[0].accuracy == pytest.approx(int8_accuracy, abs=1e-9), "evaluate's"
     stamp = int8.stat().st_mtime_ns
-    assert ensure_onnx(None, precision="int8", cache_dir=cache_dir) == int8 and int8.stat().st_mtime_ns == stamp
+    assert ensure_onnx(compiled_weights, precision="int8", cache_dir=cache_dir) == int8 and int8.stat().st_mtime_ns == stamp
 
 
 def test_precision_picks_a_backend_that_runs_it(
@@ -382,7 +413,7 @@ def test_precision_picks_a_backend_that_runs_it(
     chosen = create_predictor(precision="int8", cache_dir=cache_dir)
     assert chosen.backend_name == "onnxruntime" and chosen.precision == "int8"
     assert "TensorRT skipped: it builds FP16 engines, int8 asked" in chosen.backend_reason
-    assert create_predictor(precision="fp32", cache_dir=cache_dir).model_path == onnx_paths["fp32"]
+    assert create_predictor(precision="fp32", cache_dir=cache_dir).model_path == shipped_onnx(None, "fp32")
     for backend, precision in (("torch", "int8"), ("tensorrt", "fp32"), ("torch", "fp16")):
         with pytest.raises(BackendUnavailableError, match=f"the {backend} backend runs .*, not {precision}"):
             create_predictor(backend=backend, precision=precision, cache_dir=cache_dir)

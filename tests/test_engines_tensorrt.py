@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _engines_data import accuracy, load_public_test, predict_all
 from leaf_fer.engines import EngineError, EngineMismatchError, TorchPredictor
 from leaf_fer.engines.artifacts import (
@@ -20,8 +19,8 @@ from leaf_fer.engines.artifacts import (
     TrtEnvironment,
     artifact_filename,
     cache_key,
-    config_key,
     check_compatible,
+    config_key,
     load_artifact,
     read_sidecar,
     sidecar_path,

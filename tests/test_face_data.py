@@ -9,13 +9,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
+from leaf_fer.realtime.annotate import sample_video
 from leaf_fer.realtime.face_crops import CropSettings, FaceCropper, crop_files
 from leaf_fer.realtime.sources import open_source
-from leaf_fer.realtime.annotate import sample_video
-from leaf_fer.train.data import (DataError, POSED_LABEL_WEIGHT, labeled_files, load_affectnet_csv, load_dataset,
-                                 load_image_folder, load_labels_csv, load_rafdb, targets_for)
-from leaf_fer.train.model import FER2013_CLASSES, FERPLUS_CLASSES
+from leaf_fer.train.data import (
+    POSED_LABEL_WEIGHT,
+    DataError,
+    labeled_files,
+    load_affectnet_csv,
+    load_dataset,
+    load_image_folder,
+    load_labels_csv,
+    load_rafdb,
+    targets_for,
+)
+from leaf_fer.train.model_spec import FER2013_CLASSES, FERPLUS_CLASSES
 
 
 @pytest.fixture(scope="module")

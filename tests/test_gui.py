@@ -11,6 +11,7 @@ import time
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +21,22 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
+from leaf_fer.gui.cameras import candidate_camera_indices
+from leaf_fer.gui.commands import register
+from leaf_fer.gui.main_window import MainWindow
+from leaf_fer.gui.settings_form import SettingsForm
+from leaf_fer.gui.widgets import HistoryPlot, ProbabilityBars, VideoView, class_color
+from leaf_fer.gui.worker import FramePacket, PipelineFactory, PipelineWorker, SourceFactory
+from leaf_fer.realtime.annotators import class_color as overlay_class_color
+from leaf_fer.realtime.commands import pipeline_config
+from leaf_fer.realtime.settings import PipelineConfig, option_fields
+from leaf_fer.realtime.sources import LiveSource, Source, SourceError
+from leaf_fer.realtime.types import Detection, FacePrediction, Frame, FrameResult, StageTimings
 from PyQt6.QtCore import QPoint, Qt
 from PyQt6.QtGui import QColor, QImage
 from PyQt6.QtWidgets import QApplication
 
 from leaf_fer.cli import COMMAND_MODULES
-from leaf_fer.gui.commands import register, settings_from_args
-from leaf_fer.gui.cameras import candidate_camera_indices
-from leaf_fer.gui.main_window import MainWindow
-from leaf_fer.gui.settings import BACKENDS, GuiSettings
-from leaf_fer.gui.widgets import HistoryPlot, ProbabilityBars, VideoView, class_color
-from leaf_fer.gui.worker import FramePacket, PipelineFactory, PipelineWorker, SourceFactory
-from leaf_fer.realtime.annotators import class_color as overlay_class_color
-from leaf_fer.realtime.pipeline import BACKENDS as PIPELINE_BACKENDS
-from leaf_fer.realtime.pipeline import PipelineConfig
-from leaf_fer.realtime.sources import LiveSource, SourceError
-from leaf_fer.realtime.types import Detection, FacePrediction, Frame, FrameResult, StageTimings
 
 SHARED = Path(os.environ.get("LEAF_FER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 VIDEO = SHARED / "media" / "single_face.mp4"
@@ -117,8 +118,8 @@ class FakePipeline:
 
     classes = FAKE_CLASSES
 
-    def __init__(self, settings: GuiSettings, work_s: tuple[float, ...]) -> None:
-        self.backend_name = "onnxruntime" if settings.backend == "auto" else settings.backend
+    def __init__(self, config: PipelineConfig, work_s: tuple[float, ...]) -> None:
+        self.backend_name = "onnxruntime" if config.backend == "auto" else config.backend
         self._work = itertools.cycle(work_s)
 
     def process(self, frame: Frame) -> FrameResult:
@@ -134,19 +135,26 @@ class FakePipeline:
 def fake_pipelines(work_s: tuple[float, ...] = (0.0,)) -> PipelineFactory:
     """Fake pipelines on any backend but TensorRT, which fails as it does where it is not installed."""
 
-    def make(settings: GuiSettings) -> FakePipeline:
-        if settings.backend == "tensorrt":
+    def make(config: PipelineConfig) -> FakePipeline:
+        if config.backend == "tensorrt":
             raise RuntimeError("TensorRT backend unavailable: tensorrt is not installed")
-        return FakePipeline(settings, work_s)
+        return FakePipeline(config, work_s)
 
     return make
 
 
-def synthetic_video(frames: int = 100000, fps: float = 24.0) -> SourceFactory:
-    def source(spec: int | str) -> Iterator[Frame]:
-        return (Frame(i, i / fps, np.full((180, 320, 3), i % 200, np.uint8)) for i in range(frames))
+class SyntheticVideo(Source):
+    """A video file of grey frames whose brightness steps with the frame index."""
 
-    return source
+    def __init__(self, name: str, frames: int, fps: float) -> None:
+        self.name, self.frame_count, self.fps = name, frames, fps
+
+    def frames(self) -> Iterator[Frame]:
+        return (Frame(i, i / self.fps, np.full((180, 320, 3), i % 200, np.uint8)) for i in range(self.frame_count))
+
+
+def synthetic_video(frames: int = 100000, fps: float = 24.0) -> SourceFactory:
+    return lambda spec: SyntheticVideo(str(spec), frames, fps)
 
 
 @pytest.fixture
@@ -197,9 +205,9 @@ def test_frames_are_shown_with_overlay_on_the_face(qtbot, window: MainWindow) ->
     assert window.fps_label.text().startswith("FPS: ") and float(window.fps_label.text()[5:]) > 0
     assert float(window.latency_label.text().split()[1]) > 0
     assert any(name in window.backend_label.text() for name in ("torch", "ONNX Runtime", "TensorRT"))
-    assert window.selected_track == face.track_id
-    assert window.bars.values() == pytest.approx(face.probabilities)
-    assert len(window.history) >= 2
+    assert window.face_panel.selected_track == face.track_id
+    assert window.face_panel.bars.values() == pytest.approx(face.probabilities)
+    assert len(window.face_panel.history) >= 2
 
 
 @needs_long_video
@@ -321,18 +329,19 @@ def test_settings_pause_and_stop_while_playing(qtbot, window: MainWindow, tmp_pa
     wait_frames(qtbot, window, 1)
     worker = window.worker
     assert worker is not None
-    window.range_combo.setCurrentIndex(window.range_combo.findData("full"))
-    window.smoothing_slider.setValue(0)
+    window.settings_form.set_value("detector_range", "full")
+    window.settings_form.set_value("smoothing_alpha", 0.0)
     window.apply_settings_now()
-    qtbot.waitUntil(lambda: worker.settings.detector_range == "full" and worker.settings.smoothing == 0.0, timeout=FRAME_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: worker.config.detector_range == "full" and worker.config.smoothing_alpha == 0.0, timeout=FRAME_TIMEOUT_MS)
     wait_frames(qtbot, window, 2)
     assert window.worker is worker
 
-    window.model_edit.setText(str(tmp_path / "missing.safetensors"))
+    window.settings_form.set_value("weights", str(tmp_path / "missing.safetensors"))
     window.apply_settings_now()
     qtbot.waitUntil(lambda: "Settings not applied" in window.message_text(), timeout=FRAME_TIMEOUT_MS)
     wait_frames(qtbot, window, 2)
-    assert window.worker is worker and worker.settings.weights is None
+    assert window.worker is worker and worker.config.weights is None
+    assert window.settings_form.config().weights is None, "the form shows the weights that run again"
 
     window.pause_action.trigger()
     assert worker.is_paused()
@@ -352,18 +361,19 @@ def test_image_rerun_on_settings_change_and_click_selects_a_face(qtbot, window: 
     window.open_file(MULTI_FACE)
     qtbot.waitUntil(lambda: window.view.frames_shown == 1 and window.worker is None, timeout=FRAME_TIMEOUT_MS)
     assert "Analysed image" in window.message_text()
-    window.range_combo.setCurrentIndex(window.range_combo.findData("full"))
+    window.settings_form.set_value("detector_range", "full")
     window.apply_settings_now()
     qtbot.waitUntil(lambda: window.view.frames_shown == 2 and window.worker is None, timeout=FRAME_TIMEOUT_MS)
     faces = window.last_packet.faces
     assert len(faces) >= 2, "the full-range detector should find several faces in the group photo"
-    target = next(f for f in faces if f.track_id != window.selected_track)
+    panel = window.face_panel
+    target = next(f for f in faces if f.track_id != panel.selected_track)
     centre = window.view.image_to_widget((target.box[0] + target.box[2]) / 2, (target.box[1] + target.box[3]) / 2)
     qtbot.mouseClick(window.view, Qt.MouseButton.LeftButton, pos=centre.toPoint())
-    assert window.selected_track == target.track_id
-    assert window.face_combo.currentData() == target.track_id
-    assert window.bars.values() == pytest.approx(target.probabilities)
-    assert window.face_label.text() == target.label
+    assert panel.selected_track == target.track_id
+    assert panel.combo.currentData() == target.track_id
+    assert panel.bars.values() == pytest.approx(target.probabilities)
+    assert panel.label.text() == target.label
 
 
 @needs_long_video
@@ -389,7 +399,7 @@ def test_closing_the_window_stops_the_thread_and_finishes_the_recording(qtbot, w
 
 @needs_video
 def test_worker_drops_frames_while_the_ui_is_busy(qtbot) -> None:
-    worker = PipelineWorker(str(VIDEO), GuiSettings(), pace=False)
+    worker = PipelineWorker(str(VIDEO), PipelineConfig(), pace=False)
     received: list[FramePacket] = []
     worker.frame_ready.connect(received.append)
     with qtbot.waitSignal(worker.finished, timeout=30000):
@@ -402,27 +412,28 @@ def test_worker_drops_frames_while_the_ui_is_busy(qtbot) -> None:
 
 def test_a_backend_that_fails_puts_the_controls_back_on_what_runs(qtbot, fake_window) -> None:
     win = fake_window()
-    win.backend_combo.setCurrentIndex(win.backend_combo.findData("torch"))
+    form = win.settings_form
+    form.set_value("backend", "torch")
     win.start()
     wait_frames(qtbot, win, 2)
     worker = win.worker
-    win.backend_combo.setCurrentIndex(win.backend_combo.findData("tensorrt"))
+    form.set_value("backend", "tensorrt")
     win.apply_settings_now()
     qtbot.waitUntil(lambda: "Settings not applied" in win.message_text(), timeout=FRAME_TIMEOUT_MS)
-    assert win.backend_combo.currentData() == "torch" and win.settings.backend == "torch"
+    assert form.editors["backend"].widget.currentData() == "torch" and win.config.backend == "torch"
     assert "TensorRT" in win.message_text() and "still running torch" in win.message_text()
-    win.smoothing_slider.setValue(20)
+    form.set_value("smoothing_alpha", 0.2)
     win.apply_settings_now()
-    qtbot.waitUntil(lambda: worker.settings.smoothing == 0.2, timeout=FRAME_TIMEOUT_MS)
-    assert worker.settings.backend == "torch" and win.worker is worker
+    qtbot.waitUntil(lambda: worker.config.smoothing_alpha == 0.2, timeout=FRAME_TIMEOUT_MS)
+    assert worker.config.backend == "torch" and win.worker is worker
 
     win.stop()
     qtbot.waitUntil(lambda: win.worker is None, timeout=FRAME_TIMEOUT_MS)
-    win.backend_combo.setCurrentIndex(win.backend_combo.findData("tensorrt"))
+    form.set_value("backend", "tensorrt")
     win.start()
     wait_frames(qtbot, win, 2)
     assert "TensorRT could not start" in win.message_text() and "ONNX Runtime" in win.message_text()
-    assert win.backend_combo.currentData() == "auto" and win.worker.settings.backend == "auto"
+    assert form.editors["backend"].widget.currentData() == "auto" and win.worker.config.backend == "auto"
     assert win.backend_label.text() == "Backend: ONNX Runtime"
 
 
@@ -455,12 +466,12 @@ def test_readouts_follow_what_is_shown_paused_and_stopped(qtbot, fake_window) ->
     qtbot.wait(1500)
     fps = float(win.fps_label.text().split()[1])
     assert 20.0 <= fps <= 26.5, f"a 24 fps video with uneven processing times reads {fps} FPS"
-    shown = len(win.history)
-    win.smoothing_slider.setValue(10)
+    shown = len(win.face_panel.history)
+    win.settings_form.set_value("smoothing_alpha", 0.1)
     win.apply_settings_now()
-    qtbot.waitUntil(lambda: win.worker.settings.smoothing == 0.1, timeout=FRAME_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: win.worker.config.smoothing_alpha == 0.1, timeout=FRAME_TIMEOUT_MS)
     wait_frames(qtbot, win, 2)
-    assert len(win.history) >= shown, "changing a setting wiped the history plot"
+    assert len(win.face_panel.history) >= shown, "changing a setting wiped the history plot"
 
     win.pause_action.trigger()
     qtbot.wait(2300)
@@ -473,8 +484,9 @@ def test_readouts_follow_what_is_shown_paused_and_stopped(qtbot, fake_window) ->
     win.stop_action.trigger()
     qtbot.waitUntil(lambda: win.worker is None, timeout=FRAME_TIMEOUT_MS)
     assert "Stopped" in win.view.badge()
-    assert (win.faces_label.text(), win.fps_label.text(), win.face_label.text()) == ("Faces: –", "FPS: –", "–")
-    assert win.bars.values() == () and win.face_combo.count() == 0 and win.last_packet is None
+    panel = win.face_panel
+    assert (win.faces_label.text(), win.fps_label.text(), panel.label.text()) == ("Faces: –", "FPS: –", "–")
+    assert panel.bars.values() == () and panel.combo.count() == 0 and win.last_packet is None
 
 
 def test_the_end_of_a_video_is_shown_as_stopped(qtbot, fake_window) -> None:
@@ -570,24 +582,47 @@ def test_probability_bars_and_history_paint_class_colours(qtbot) -> None:
     assert len(plot) == 1
 
 
-def test_gui_command_and_settings() -> None:
+def test_gui_command_builds_the_pipeline_config() -> None:
     assert "leaf_fer.gui.commands" in COMMAND_MODULES
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["gui", "--source", "0", "--backend", "torch", "--weights", "w.safetensors"])
-    settings = settings_from_args(args)
-    assert (args.source, settings.backend, settings.weights) == ("0", "torch", "w.safetensors")
+    config = pipeline_config(args)
+    assert (args.source, config.backend, config.weights) == ("0", "torch", "w.safetensors")
     assert callable(args.func)
-    assert settings_from_args(parser.parse_args(["gui"])) == GuiSettings(), "command-line defaults = settings defaults"
+    assert pipeline_config(parser.parse_args(["gui"])) == PipelineConfig(), "command-line defaults = record defaults"
     with pytest.raises(ValueError, match="smoothing"):
-        settings_from_args(parser.parse_args(["gui", "--smoothing", "1.5"]))
-    mediapipe_only = settings_from_args(parser.parse_args(["gui", "--no-fallback-detector"]))
-    assert not mediapipe_only.fallback_detector and GuiSettings().fallback_detector == PipelineConfig().fallback_detector
-    assert BACKENDS == PIPELINE_BACKENDS
-    defaults, config = GuiSettings(), PipelineConfig()
-    assert (defaults.detector_range, defaults.min_detection_confidence, defaults.smoothing, defaults.max_faces) == (
-        config.detector_range,
-        config.min_detection_confidence,
-        config.smoothing_alpha,
-        config.max_faces,
-    )
+        pipeline_config(parser.parse_args(["gui", "--smoothing", "1.5"]))
+    assert not pipeline_config(parser.parse_args(["gui", "--no-fallback-detector"])).fallback_detector
+
+
+FORM_VALUES = {"weights": "w.safetensors", "backend": "torch", "precision": "fp32", "detector_range": "full",
+               "fallback_detector": False, "min_detection_confidence": 0.5, "smoothing_alpha": 0.35, "max_faces": 3}
+"""A value other than the default for every option the form shows."""
+
+
+def test_the_settings_form_is_built_from_the_record(qtbot) -> None:
+    start = PipelineConfig(max_faces=40, draw_hud=False)
+    form = SettingsForm(start)
+    qtbot.addWidget(form)
+    shown = {item.name: option for item, option in option_fields() if option.in_form}
+    assert set(form.editors) == set(shown) == set(FORM_VALUES), "one widget per option with a form label"
+    assert form.config() == start, "a value beyond the form's range (from the command line) is kept"
+    for name, option in shown.items():
+        assert form.rows.labelForField(form.editors[name].widget).text() == option.label
+        assert form.editors[name].widget.toolTip() == option.help
+    combo = form.editors["backend"].widget
+    assert [combo.itemData(i) for i in range(combo.count())] == list(shown["backend"].choices)
+    spin = form.editors["smoothing_alpha"].widget
+    assert (spin.minimum(), spin.maximum(), spin.singleStep()) == (0.0, 0.95, 0.05)
+
+    edits: list[PipelineConfig] = []
+    form.changed.connect(edits.append)
+    expected = start
+    for name, value in FORM_VALUES.items():
+        form.set_value(name, value)
+        expected = replace(expected, **{name: value})
+        assert edits[-1] == expected == form.config(), f"changing {name} did not give a record with it"
+    assert not expected.draw_hud, "fields the form does not show keep their values"
+    form.show_config(PipelineConfig())
+    assert form.config() == PipelineConfig() and len(edits) == len(FORM_VALUES), "showing a record is no edit"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import shutil
@@ -14,33 +13,35 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from realtime_media import FACE_NOFACE_EMPTY_FRAMES, FACE_NOFACE_FACE_FRAMES, media_file
-
 from leaf_fer.realtime import commands
-from leaf_fer.realtime.annotate import FORMAT, _FaceKeeper, annotate_inputs, output_names
+from leaf_fer.realtime.annotate import (
+    FORMAT,
+    _FaceKeeper,
+    annotate_inputs,
+    output_names,
+)
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
-from leaf_fer.realtime.types import Detection, FacePrediction, Frame, FrameResult, StageTimings
+from leaf_fer.realtime.types import (
+    Detection,
+    FacePrediction,
+    Frame,
+    FrameResult,
+    StageTimings,
+)
 from leaf_fer.realtime.writers import WriterError, csv_columns
+from realtime_media import (
+    FACE_NOFACE_EMPTY_FRAMES,
+    FACE_NOFACE_FACE_FRAMES,
+    csv_rows,
+    frame_count,
+    media_file,
+)
 
 
 @pytest.fixture(scope="module")
 def pipeline() -> Iterator[Pipeline]:
     with Pipeline(PipelineConfig()) as shared:
         yield shared
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _frame_count(path: Path) -> int:
-    capture = cv2.VideoCapture(str(path))
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    capture.release()
-    return count
 
 
 def test_face_then_no_face_outputs_are_consistent(tmp_path: Path, pipeline: Pipeline) -> None:
@@ -55,12 +56,12 @@ def test_face_then_no_face_outputs_are_consistent(tmp_path: Path, pipeline: Pipe
         "face_noface.timeline.png",
     ], "no temporary files left behind"
 
-    assert _frame_count(folder / "face_noface.annotated.mp4") == 169, "one output frame per input frame"
+    assert frame_count(folder / "face_noface.annotated.mp4") == 169, "one output frame per input frame"
     capture = cv2.VideoCapture(str(folder / "face_noface.annotated.mp4"))
     assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (960, 540)
     capture.release()
 
-    rows = _rows(folder / "face_noface.csv")
+    rows = csv_rows(folder / "face_noface.csv")
     assert list(rows[0].keys()) == csv_columns(pipeline.classes)
     frames = [int(r["frame"]) for r in rows]
     assert set(FACE_NOFACE_FACE_FRAMES) <= set(frames), "a row for every frame with the face"
@@ -116,7 +117,7 @@ def test_saved_faces_become_unlabeled_training_data(tmp_path: Path, pipeline: Pi
     (outcome,) = annotate_inputs([clip], tmp_path, pipeline=pipeline, progress=False, save_faces_every=10)
     assert outcome.status == "done", outcome.message
     folder = tmp_path / "face_noface"
-    rows = _rows(folder / "face_noface.csv")
+    rows = csv_rows(folder / "face_noface.csv")
     expected = sorted(int(r["frame"]) for r in rows if int(r["frame"]) % 10 == 0)
     with np.load(folder / "face_noface.faces.npz") as saved:
         assert saved["images"].shape == (len(expected), 48, 48) and saved["images"].dtype == np.uint8
@@ -157,7 +158,7 @@ def test_bad_inputs_are_reported_and_others_still_done(tmp_path: Path, pipeline:
     assert outcomes["good.mp4"].status == "done"
     assert (out / "good" / "good.json").is_file()
     assert outcomes["no_face.mp4"].status == "done" and outcomes["no_face.mp4"].warnings == ["no faces found"]
-    assert _rows(out / "no_face" / "no_face.csv") == []
+    assert csv_rows(out / "no_face" / "no_face.csv") == []
     blocked = outcomes["blocked.jpg"]
     assert blocked.status == "done" and blocked.outputs is not None and blocked.outputs.folder == out / blocked_name
     assert f"{out / 'blocked'} holds other files" in blocked.line()

@@ -4,7 +4,6 @@ worker, failures isolated, dead workers retried, nothing published half-written.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -16,15 +15,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from realtime_media import MEDIA, media_file
-
 from leaf_fer.realtime import commands, segments
 from leaf_fer.realtime.annotate import WORK_DIR, annotate_inputs, sample_video
 from leaf_fer.realtime.bench import make_group_clip
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
+from realtime_media import MEDIA, csv_rows, frame_count, media_file
 
 CLIPS = ("single_face.mp4", "face_noface.mov", "noface_face.mov", "no_face.mp4")
 
@@ -56,20 +53,6 @@ def reference(inputs: Path, tmp_path_factory: pytest.TempPathFactory, pipeline: 
     return out
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _frame_count(path: Path) -> int:
-    capture = cv2.VideoCapture(str(path))
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    capture.release()
-    return count
-
-
 def _assert_same_faces(got: Path, want: Path) -> None:
     with np.load(got) as a, np.load(want) as b:
         for key in ("images", "frame", "track_id"):
@@ -83,7 +66,7 @@ def _assert_clean(out: Path) -> None:
 def _assert_same_within_seams(name: str, reference: Path, out: Path) -> dict:
     """The stitched CSV has the single pass's rows, track ids and numbers; smoothed values may differ by the
     CSV's last decimal (the smoother's warm-up at the seams)."""
-    expected, got = _rows(reference / name / f"{name}.csv"), _rows(out / name / f"{name}.csv")
+    expected, got = csv_rows(reference / name / f"{name}.csv"), csv_rows(out / name / f"{name}.csv")
     assert len(got) == len(expected)
     smooth = [column for column in expected[0] if column.startswith("smooth_") or column == "confidence"] if expected else []
     for a, b in zip(expected, got):
@@ -109,7 +92,7 @@ def test_segments_stitch_into_the_single_pass_outputs(inputs: Path, reference: P
     folder = tmp_path / "sample"
     assert sorted(p.name for p in folder.iterdir()) == [
         "sample.annotated.mp4", "sample.csv", "sample.faces.npz", "sample.json", "sample.timeline.png"]
-    assert _frame_count(folder / "sample.annotated.mp4") == 472
+    assert frame_count(folder / "sample.annotated.mp4") == 472
     _assert_same_faces(folder / "sample.faces.npz", reference / "sample" / "sample.faces.npz")
     expected = json.loads((reference / "sample" / "sample.json").read_text())
     assert [t["frames"] for t in summary["tracks"]] == [t["frames"] for t in expected["tracks"]]
@@ -126,10 +109,10 @@ def test_segments_of_variable_frame_rate_clips_and_five_faces(inputs: Path, refe
         o.line() for o in outcomes]
     for name in ("face_noface", "noface_face", "group"):
         _assert_same_within_seams(name, reference, tmp_path)
-    assert len({r["track_id"] for r in _rows(tmp_path / "group" / "group.csv")}) >= 4, "several faces, several tracks"
+    assert len({r["track_id"] for r in csv_rows(tmp_path / "group" / "group.csv")}) >= 4, "several faces, several tracks"
     group = json.loads((tmp_path / "group" / "group.json").read_text())["segments"]
     assert any(s["redrawn"] for s in group), "a segment whose ids were renumbered is drawn again"
-    assert _frame_count(tmp_path / "group" / "group.annotated.mp4") == 160
+    assert frame_count(tmp_path / "group" / "group.annotated.mp4") == 160
     _assert_clean(tmp_path)
 
 
@@ -215,7 +198,7 @@ def test_two_workers_same_csv_bytes_isolated_failures_and_a_killed_worker(inputs
         got, want = tmp_path / "out" / name / name, reference / name / name
         assert got.with_suffix(".csv").read_bytes() == want.with_suffix(".csv").read_bytes(), f"{name}: CSV differs"
         _assert_same_faces(got.with_suffix(".faces.npz"), want.with_suffix(".faces.npz"))
-    assert _frame_count(tmp_path / "out" / "sample" / "sample.annotated.mp4") == 472
+    assert frame_count(tmp_path / "out" / "sample" / "sample.annotated.mp4") == 472
     _assert_clean(tmp_path / "out")
 
 
@@ -284,7 +267,7 @@ def test_ray_cluster_runs_the_same_units_and_retries_a_dead_task(inputs: Path, r
     for name in ("single_face", "face_noface"):
         assert (tmp_path / name / f"{name}.csv").read_bytes() == (reference / name / f"{name}.csv").read_bytes()
     _assert_same_within_seams("sample", reference, tmp_path)
-    assert _frame_count(tmp_path / "sample" / "sample.annotated.mp4") == 472
+    assert frame_count(tmp_path / "sample" / "sample.annotated.mp4") == 472
     _assert_clean(tmp_path)
 
 

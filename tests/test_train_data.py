@@ -3,7 +3,6 @@ import csv
 import cv2
 import numpy as np
 import pytest
-
 from leaf_fer.train.data import (
     DataError,
     FaceData,
@@ -15,7 +14,7 @@ from leaf_fer.train.data import (
     stratified_fraction,
     targets_for,
 )
-from leaf_fer.train.model import FER2013_CLASSES, FERPLUS_CLASSES
+from leaf_fer.train.model_spec import FER2013_CLASSES, FERPLUS_CLASSES
 
 
 def write_fer_csvs(folder, rows):

@@ -3,10 +3,9 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from leaf_fer.train.losses import ambiguous_positive_mask, category_level_loss, contrastive_loss, ranking_loss
 from leaf_fer.train.model import GatedExperts, InferenceModel, LeafNet, ModelConfig
-from leaf_fer.train.weights import WeightsError, load_weights, metadata_path, save_weights, WeightsMetadata
+from leaf_fer.train.weights import WeightsError, WeightsMetadata, load_weights, metadata_path, save_weights
 
 
 def test_levels_switch_off_to_identity():
@@ -98,7 +97,8 @@ def test_bf16_autocast_only_when_asked_for():
 
 
 def test_precision_auto_takes_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
-    from leaf_fer.train.trainer import TrainConfig, native_bf16, resolve_precision
+    from leaf_fer.train.config import TrainConfig
+    from leaf_fer.train.trainer import native_bf16, resolve_precision
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
@@ -161,7 +161,8 @@ def test_shipped_default_weights_load():
 
 def test_thresholds_follow_annotator_agreement():
     from leaf_fer.train.algorithms import FixMatch, Leaf
-    from leaf_fer.train.trainer import TrainConfig, confidence_ceiling
+    from leaf_fer.train.config import TrainConfig
+    from leaf_fer.train.trainer import confidence_ceiling
 
     soft = torch.tensor([[0.7, 0.3, 0.0], [0.5, 0.25, 0.25], [1.0, 0.0, 0.0]])
     assert confidence_ceiling(TrainConfig(data="x"), soft) == pytest.approx(0.7333, abs=1e-4)

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from leaf_fer.common import ConfigError
+
 from .augment import strong_augment, weak_augment
+from .config import LEAF_CONTRASTIVE_TEMPERATURE, LEAF_CONTRASTIVE_WEIGHT, LEAF_LABELED_WEIGHT, METHODS
 from .losses import category_level_loss, contrastive_loss, soft_cross_entropy
 from .model import LeafNet
 
@@ -47,7 +50,7 @@ class Algorithm:
     def __init__(self, net: LeafNet, num_classes: int, autocast: bool = True, confidence_ceiling: float = 1.0,
                  logit_adjustment: torch.Tensor | None = None, labeled_view=weak_augment) -> None:
         if not 0.0 < confidence_ceiling <= 1.0:
-            raise ValueError(f"confidence ceiling must be in (0, 1], got {confidence_ceiling}")
+            raise ConfigError(f"confidence ceiling must be in (0, 1], got {confidence_ceiling}")
         self.net = net
         self.logit_adjustment = logit_adjustment
         self.labeled_view = labeled_view
@@ -138,9 +141,6 @@ class FixMatch(Algorithm):
         return StepResult(loss, scalars(loss_x=loss_x, loss_u=loss_u, mask=mask.mean()))
 
 
-LEAF_LABELED_WEIGHT = 2.0
-LEAF_CONTRASTIVE_WEIGHT = 0.0
-LEAF_CONTRASTIVE_TEMPERATURE = 0.07
 ALIGNMENT_MOMENTUM = 0.999
 
 
@@ -161,7 +161,7 @@ class Leaf(Algorithm):
     the rescale to cross-entropy magnitude: the margin weight alone keeps faces the network cannot yet tell apart (all
     of them early on) from pulling it toward its own guesses. The confident faces are mostly ones the network already
     gets right, while the classes left out of a low-confidence face's positive set are still rarely its true class
-    (benchmarks/pseudo_labels.py)."""
+    (research/pseudo_labels.py)."""
 
     name = "leaf"
     uses_unlabeled = True
@@ -231,4 +231,4 @@ class Leaf(Algorithm):
             self.unlabeled_mean = torch.tensor(state["unlabeled_mean"])
 
 
-ALGORITHMS = {"supervised": Supervised, "fixmatch": FixMatch, "leaf": Leaf}
+ALGORITHMS: dict[str, type[Algorithm]] = dict(zip(METHODS, (Supervised, FixMatch, Leaf)))

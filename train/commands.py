@@ -1,21 +1,22 @@
-"""`leaf-fer train` and `leaf-fer evaluate`."""
+"""`leaf-fer train` (needs ``pip install 'leaf-fer[train]'``); nothing heavy is imported until it runs."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
 import os
 from dataclasses import fields
 from pathlib import Path
 
-import yaml
+from leaf_fer.common import ConfigError
 
-from leaf_fer.realtime.commands import add_pipeline_options, pipeline_config
-
-from .ablation import DEFAULT_VARIANTS, OPT_IN_VARIANTS, VARIANTS
-from .algorithms import LEAF_CONTRASTIVE_TEMPERATURE, LEAF_CONTRASTIVE_WEIGHT, LEAF_LABELED_WEIGHT
-from .trainer import TrainConfig
-
+from .config import (
+    LEAF_CONTRASTIVE_TEMPERATURE,
+    LEAF_CONTRASTIVE_WEIGHT,
+    LEAF_LABELED_WEIGHT,
+    TrainConfig,
+    read_config_file,
+)
 
 OPTION_HELP = {
     "data": "training faces: .npz, fer2013.csv, a labels CSV (file,label), RAF-DB's list file, an AffectNet CSV, "
@@ -71,44 +72,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train_parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     train_parser.set_defaults(func=run_train)
 
-    ablate_parser = subparsers.add_parser("ablate", help="semi-supervised protocol: methods and LEAF ablations x seeds")
-    ablate_parser.add_argument("--config", type=Path, help="YAML of base training options (data, budget, fraction)")
-    ablate_parser.add_argument("--variants", nargs="+", default=None, help="any of: " + ", ".join(VARIANTS) + " (default: all but " + ", ".join(OPT_IN_VARIANTS) + ")")
-    ablate_parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    ablate_parser.add_argument("--output", type=Path, default=Path("runs/ablation"))
-    ablate_parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, CPU threads split between them")
-    ablate_parser.add_argument("--merge", nargs="+", type=Path, default=[], metavar="RESULTS_JSON",
-                               help="earlier results.json of the same protocol whose runs join the table "
-                                    "(a run trained here replaces the same variant and seed)")
-    ablate_parser.add_argument("--report-only", action="store_true",
-                               help="train nothing: write the report of the --merge runs to --output")
-    ablate_parser.add_argument("--no-progress", action="store_true")
-    ablate_parser.set_defaults(func=run_ablate)
 
-    eval_parser = subparsers.add_parser(
-        "evaluate", help="accuracy, macro recall and per-class recall: on model-size faces (npz) or end to end",
-        description="An .npz of 48x48 faces scores the model alone. Class sub-folders or a labels CSV (file, label) "
-                    "of full-size images run the whole pipeline (detector, aligner, model): no-face rate, accuracy, "
-                    "macro recall, per-class recall, confusion PNG and JSON.")
-    eval_parser.add_argument("--data", type=Path, required=True,
-                             help="npz (images + ferplus_votes or labels), a class-folder tree or a labels CSV")
-    eval_parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
-    eval_parser.add_argument("--output", type=Path,
-                             help="folder for evaluation.json and confusion.png (default: none)")
-    eval_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_pipeline_options(eval_parser)
-    eval_parser.set_defaults(func=run_evaluate)
+TRAIN_PACKAGES = ("torch", "safetensors", "yaml")
+"""What ``leaf-fer[train]`` adds that training imports."""
+
+
+def require_train_extra() -> None:
+    """One clear line instead of an import error when the package was installed without ``[train]``."""
+    missing = [name for name in TRAIN_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"training needs {', '.join(missing)}: pip install 'leaf-fer[train]'")
 
 
 def load_train_config(args: argparse.Namespace) -> TrainConfig:
-    values: dict[str, object] = {}
-    if args.config:
-        if not args.config.is_file():
-            raise ValueError(f"{args.config}: config file not found")
-        loaded = yaml.safe_load(args.config.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{args.config}: expected a mapping of option: value")
-        values.update(loaded)
+    values = read_config_file(args.config) if args.config else {}
     for field in fields(TrainConfig):
         value = getattr(args, field.name)
         if value is not None:
@@ -117,55 +94,11 @@ def load_train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    require_train_extra()
     from .trainer import train
 
     result = train(load_train_config(args), restart=args.restart, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best validation accuracy {100 * result['best_accuracy']:.2f}% at epoch {result['best_epoch']}; "
               f"weights: {result['weights']}")
-    return 0
-
-
-def run_ablate(args: argparse.Namespace) -> int:
-    from .ablation import rewrite_report, run_ablation
-
-    values = yaml.safe_load(args.config.read_text()) if args.config else {}
-    values = dict(values or {}, method="leaf")
-    base = TrainConfig.from_dict(values)
-    if args.report_only:
-        report = rewrite_report(base, args.merge, args.output)
-    else:
-        report = run_ablation(base, args.variants or DEFAULT_VARIANTS, args.seeds, args.output,
-                              progress=not args.no_progress, jobs=args.jobs, merge=args.merge)
-    print(Path(args.output / "results.md").read_text())
-    return 0 if report["runs"] else 1
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_weights
-    from .weights import atomic_write_bytes
-
-    if args.data.suffix != ".npz":
-        from leaf_fer.realtime.evaluate import evaluate_end_to_end, write_report
-
-        report = evaluate_end_to_end(args.data, pipeline_config(args, draw=False), progress=not args.no_progress)
-        print(report.summary())
-        if args.json:
-            atomic_write_bytes(args.json, json.dumps(report.to_dict(), indent=2).encode())
-        if args.output:
-            write_report(report, args.output, f"{args.data.name}, end to end")
-            print(f"evaluate: wrote {args.output}/evaluation.json, confusion.png")
-        return 0
-    from .metrics import plot_confusion
-
-    scores, protocol = evaluate_weights(args.weights, args.data)
-    print(f"{args.data} ({protocol}, {len(scores.classes)} classes)")
-    print(scores.summary())
-    payload = json.dumps({"data": str(args.data), "protocol": protocol, **scores.to_dict()}, indent=2).encode()
-    if args.json:
-        atomic_write_bytes(args.json, payload)
-    if args.output:
-        atomic_write_bytes(args.output / "evaluation.json", payload)
-        plot_confusion(scores, args.output / "confusion.png", f"{args.data.name}, {protocol}")
-        print(f"evaluate: wrote {args.output}/evaluation.json, confusion.png")
     return 0

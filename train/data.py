@@ -20,7 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .model import FER2013_CLASSES, FERPLUS_CLASSES
+from leaf_fer.common import ConfigError, LeafFerError
+
+from .config import POSED_LABEL_WEIGHT
+from .model_spec import FER2013_CLASSES, FERPLUS_CLASSES
 
 IMAGE_SIZE = 48
 FACE_CROP_MAX_SIDE = 64
@@ -33,9 +36,6 @@ VOTE_SHARE_COLUMNS = {"vote_peace": "neutral", "vote_happy": "happiness", "vote_
                       "vote_sad": "sadness", "vote_angry": "anger", "vote_disgust": "disgust", "vote_fear": "fear",
                       "vote_contempt": "contempt"}
 """Observer vote-share columns a labels CSV may carry (TCCE's layout), by FER+ class."""
-POSED_LABEL_WEIGHT = 0.5
-"""With vote shares, the target is this much the file's label (posed or majority) and the rest the observers' votes
-(the default of ``leaf-fer train --posed-label-weight``)."""
 FERPLUS_VOTE_COLUMNS = (*FERPLUS_CLASSES, "unknown", "NF")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm"}
 CLASS_SYNONYMS = {
@@ -56,7 +56,7 @@ CLASS_SYNONYMS = {
 }
 
 
-class DataError(ValueError):
+class DataError(LeafFerError, ValueError):
     """A dataset that cannot be read: missing file, wrong columns, unknown class, bad image."""
 
 
@@ -490,7 +490,7 @@ def targets_for(data: FaceData, classes: tuple[str, ...]) -> Targets:
 def stratified_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Indices of a seeded, per-class stratified ``fraction`` of the rows (at least one per present class)."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"label fraction must be in (0, 1], got {fraction}")
     rng = np.random.default_rng(seed)
     chosen: list[np.ndarray] = []
     for cls in np.unique(labels):

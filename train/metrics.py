@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .weights import atomic_write_bytes
+from leaf_fer.common import atomic_write_bytes, figure_png
 
 
 @dataclass
@@ -62,10 +61,9 @@ def save_figure(fig: Any, path: Path, dpi: int = 100) -> None:
     """Write a matplotlib figure as PNG atomically (a reader never sees half a file), then close it."""
     import matplotlib.pyplot as plt
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    payload = figure_png(fig, dpi=dpi)
     plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, payload)
 
 
 def plot_confusion(scores: Scores, path: Path, title: str) -> None:

@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,113 +21,23 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from leaf_fer.common import ConfigError, LeafFerError, atomic_write_bytes, file_sha256
+
+from .algorithms import ALGORITHMS, Algorithm, Batch
 from .augment import domain_augment, weak_augment
-from .algorithms import (ALGORITHMS, LEAF_CONTRASTIVE_TEMPERATURE, LEAF_CONTRASTIVE_WEIGHT, LEAF_LABELED_WEIGHT, Algorithm,
-                         Batch)
-from .data import POSED_LABEL_WEIGHT, load_dataset, load_unlabeled_faces, stratified_fraction, targets_for
+from .config import CLASS_SETS, PLACEMENT_OPTIONS, TrainConfig, split_extra
+from .data import load_dataset, load_unlabeled_faces, stratified_fraction, targets_for
 from .metrics import Scores, plot_confusion, plot_curves, score
-from .model import FER2013_CLASSES, FERPLUS_CLASSES, LeafNet, ModelConfig, count_parameters
-from .weights import WeightsMetadata, atomic_write_bytes, file_sha256, load_weights, save_weights
+from .model import LeafNet, count_parameters
+from .weights import WeightsMetadata, load_weights, save_weights
 
 THRESHOLD_SAMPLE = 4096  # labeled faces the teacher scores after each epoch to set the class-adaptive thresholds
-CLASS_SETS = {"ferplus": FERPLUS_CLASSES, "fer2013": FER2013_CLASSES}
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; stored in the checkpoint and in the shipped weights' metadata."""
-
-    data: str = ""
-    extra_data: list[str] = field(default_factory=list)
-    ferplus_csv: str | None = None
-    val_data: str | None = None
-    unlabeled_data: str | None = None
-    val_fraction: float = 0.1
-    classes: str = "ferplus"
-    label_fraction: float = 1.0
-    method: str = "supervised"
-    backbone: str = "resnet-s"
-    semantic_level: bool = True
-    instance_level: bool = True
-    category_level: bool = True
-    contrastive_weight: float = LEAF_CONTRASTIVE_WEIGHT
-    contrastive_temperature: float = LEAF_CONTRASTIVE_TEMPERATURE
-    labeled_weight: float = LEAF_LABELED_WEIGHT
-    agreement_thresholds: bool = True
-    distribution_alignment: bool = False
-    rank_below_threshold: bool = False
-    epochs: int = 30
-    iterations_per_epoch: int = 0
-    batch_size: int = 128
-    unlabeled_batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    ema_decay: float = 0.999
-    dropout: float = 0.3
-    device: str = "auto"
-    seed: int = 0
-    output: str = "runs/default"
-    threads: int = 0
-    precision: str = "auto"
-    max_train_samples: int = 0
-    init_weights: str | None = None
-    logit_adjustment: float = 0.0
-    domain_augment: bool = False
-    posed_label_weight: float = POSED_LABEL_WEIGHT
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown training option(s): {sorted(unknown)}")
-        config = cls(**data)
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        if not self.data:
-            raise ValueError("no training data given (--data PATH: .npz, fer2013.csv or an image folder)")
-        if self.method not in ALGORITHMS:
-            raise ValueError(f"unknown method {self.method!r}; choose from {sorted(ALGORITHMS)}")
-        if self.classes not in CLASS_SETS:
-            raise ValueError(f"unknown class set {self.classes!r}; choose from {sorted(CLASS_SETS)}")
-        if self.method != "supervised" and self.label_fraction >= 1.0 and not self.unlabeled_data:
-            raise ValueError(f"method {self.method!r} needs unlabeled data: set a label fraction below 1 "
-                             "or give --unlabeled-data (npz or folder of face crops)")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose from {list(PRECISIONS)}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("epochs must be ≥ 1 and batch size ≥ 2")
-        for spec in self.extra_data:
-            split_extra(spec)
-        if self.logit_adjustment < 0:
-            raise ValueError(f"logit adjustment must be ≥ 0, got {self.logit_adjustment}")
-
-    def model_config(self) -> ModelConfig:
-        classes = CLASS_SETS[self.classes]
-        return ModelConfig(backbone=self.backbone, num_classes=len(classes), classes=classes, dropout=self.dropout,
-                           semantic_level=self.semantic_level, instance_level=self.instance_level)
-
-
-def split_extra(spec: str) -> tuple[str, float]:
-    """``PATH`` or ``PATH@WEIGHT`` → (path, weight): each face of that set is drawn ``WEIGHT`` times per epoch on
-    average (the main data's faces once), so a small set counts for more and a one-class set for less."""
-    path, _, weight = spec.rpartition("@") if "@" in spec else (spec, "", "1")
-    try:
-        value = float(weight)
-    except ValueError:
-        raise ValueError(f"extra data {spec!r}: expected PATH or PATH@WEIGHT with a number") from None
-    if value <= 0:
-        raise ValueError(f"extra data {spec!r}: the weight must be > 0")
-    return path, value
 
 
 @dataclass
 class Splits:
     """The run's data; ``unlabeled_hard`` holds the unlabeled faces' true labels where the data has them (-1 elsewhere),
-    for diagnostics (benchmarks/pseudo_labels.py) only: no method reads it."""
+    for diagnostics (research/pseudo_labels.py) only: no method reads it."""
 
     labeled_images: torch.Tensor
     labeled_targets: torch.Tensor
@@ -140,7 +50,6 @@ class Splits:
     unlabeled_hard: np.ndarray
 
 
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def native_bf16() -> bool:
@@ -161,7 +70,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for but no CUDA GPU is available")
+        raise LeafFerError("device 'cuda' asked for but no CUDA GPU is available")
     return torch.device(name)
 
 
@@ -346,7 +255,7 @@ class Checkpoint:
         state = json.loads(self.state_path.read_text())
         tensors_path = self.folder / state.get("tensors", "checkpoint.safetensors")
         if file_sha256(tensors_path) != state["tensors_sha256"]:
-            raise RuntimeError(f"{tensors_path}: checkpoint tensors do not match checkpoint.json")
+            raise LeafFerError(f"{tensors_path}: checkpoint tensors do not match checkpoint.json")
         tensors = load_file(str(tensors_path))
         student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
         teacher.model.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("teacher.")})
@@ -389,7 +298,7 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
     batches = ["batch_size"] + (["unlabeled_batch_size"] if ALGORITHMS[config.method].uses_unlabeled else [])
     for name in batches:
         if getattr(config, name) % world_size:
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(config, name)} does not split evenly over "
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)} does not split evenly over "
                              f"{world_size} processes (each takes an equal share of every global batch)")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -403,7 +312,55 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
         torch.distributed.destroy_process_group()
 
 
+@dataclass
+class _TrainingRun:
+    """One process's run while it trains: data, networks, method, optimiser and schedule, and ``state``, what the
+    checkpoint keeps (epoch, step, best accuracy, history, elapsed seconds, the method's running state)."""
+
+    config: TrainConfig
+    device: torch.device
+    distributed: bool
+    rank: int
+    world_size: int
+    output: Path
+    splits: Splits
+    student: LeafNet
+    teacher: EmaTeacher
+    algorithm: Algorithm
+    optimizer: torch.optim.Optimizer
+    precision: str
+    sampling: np.ndarray | None
+    """Draw probability of each labeled face when the sets are weighted; None: one shuffled pass per epoch."""
+    steps_per_epoch: int
+    checkpoint: Checkpoint
+    state: dict[str, Any]
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+    @property
+    def log_path(self) -> Path:
+        return self.output / "train_log.jsonl"
+
+
 def _train(config: TrainConfig, device: torch.device, restart: bool, progress: bool) -> dict[str, Any]:
+    run = _set_up(config, device, restart)
+    for epoch in range(run.state["epoch"], config.epochs):
+        started = time.perf_counter()
+        train_loss, logs = _train_epoch(run, epoch, progress)
+        if run.rank == 0:
+            _evaluate_and_checkpoint(run, epoch, train_loss, logs, started)
+        if run.distributed:
+            _share_running_state(run)
+    return {"best_accuracy": run.state["best_accuracy"], "best_epoch": run.state.get("best_epoch"),
+            "elapsed_s": run.state["elapsed_s"], "weights": str(run.output / "model.safetensors"),
+            "history": run.state["history"]}
+
+
+def _set_up(config: TrainConfig, device: torch.device, restart: bool) -> _TrainingRun:
+    """Seed; load the data; build the networks, the method and the optimiser; resume from the output folder's
+    checkpoint unless ``restart``; say what is about to train."""
     distributed = torch.distributed.is_initialized()
     rank, world_size = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     output = Path(config.output)
@@ -412,40 +369,26 @@ def _train(config: TrainConfig, device: torch.device, restart: bool, progress: b
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     splits = prepare_splits(config)
-    model_config = config.model_config()
-    student = LeafNet(model_config)
-    if config.init_weights:
-        initial, _ = load_weights(config.init_weights)
-        network = lambda c: (c.backbone, tuple(c.classes), c.semantic_level, c.instance_level)  # noqa: E731
-        if network(initial.config) != network(model_config):
-            raise ValueError(f"{config.init_weights}: its network ({initial.config.backbone}, "
-                             f"{initial.config.num_classes} classes) differs from this run's")
-        student.load_state_dict(initial.state_dict())
-    student = student.to(device, memory_format=torch.channels_last)
+    student = _initial_student(config).to(device, memory_format=torch.channels_last)
     teacher = EmaTeacher(student, config.ema_decay)
     precision = resolve_precision(config.precision, device)
     net = DistributedNet(student, device) if distributed else student
-    algorithm: Algorithm = make_algorithm(config, net, splits.labeled_targets, autocast=precision == "bf16",
-                                          labeled_weights=splits.labeled_weights)
+    algorithm = make_algorithm(config, net, splits.labeled_targets, autocast=precision == "bf16",
+                               labeled_weights=splits.labeled_weights)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sampling = splits.labeled_weights / splits.labeled_weights.sum()
     weighted = not np.allclose(splits.labeled_weights, 1.0)
     epoch_draws = int(round(splits.labeled_weights.sum())) if weighted else len(splits.labeled_images)
-    steps_per_epoch = config.iterations_per_epoch or max(1, epoch_draws // config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-
-    checkpoint = Checkpoint(output)
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "history": [], "elapsed_s": 0.0}
-    if checkpoint.exists() and not restart:
-        saved = json.loads(checkpoint.state_path.read_text())
-        if _run_identity(saved.get("config", {})) != _run_identity(asdict(config)):
-            raise RuntimeError(f"{output}: holds a checkpoint of a different configuration; use --restart or another --output")
-        state = checkpoint.load(student, teacher, optimizer)
-        algorithm.load_running_state(state)
-        print(f"resuming {output} at epoch {state['epoch']}/{config.epochs}")
-    log_file = output / "train_log.jsonl"
-    if rank == 0 and state["history"]:
-        write_log(log_file, state["history"])
+    run = _TrainingRun(
+        config, device, distributed, rank, world_size, output, splits, student, teacher, algorithm, optimizer, precision,
+        sampling=splits.labeled_weights / splits.labeled_weights.sum() if weighted else None,
+        steps_per_epoch=config.iterations_per_epoch or max(1, epoch_draws // config.batch_size),
+        checkpoint=Checkpoint(output),
+        state={"epoch": 0, "step": 0, "best_accuracy": -1.0, "history": [], "elapsed_s": 0.0},
+    )
+    if run.checkpoint.exists() and not restart:
+        _resume(run)
+    if rank == 0 and run.state["history"]:
+        write_log(run.log_path, run.state["history"])
     processes = f" x {world_size} processes" if distributed else ""
     print(f"{config.method}: {len(splits.labeled_images)} labeled, {len(splits.unlabeled_images)} unlabeled, "
           f"{len(splits.val_images)} validation; {count_parameters(student) / 1e6:.2f}M parameters on {device}"
@@ -453,77 +396,118 @@ def _train(config: TrainConfig, device: torch.device, restart: bool, progress: b
     if algorithm.uses_unlabeled:
         print(f"confidence thresholds scaled by {algorithm.confidence_ceiling:.3f} (labeled targets' mean top probability)"
               if algorithm.confidence_ceiling < 1.0 else "confidence thresholds as published (one-hot targets)")
-
-    for epoch in range(state["epoch"], config.epochs):
-        start = time.perf_counter()
-        rng = np.random.default_rng([config.seed, epoch])
-        if rank:
-            torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch, rank]).generate_state(1)[0]))
-        student.train()
-        order = (rng.choice(len(sampling), steps_per_epoch * config.batch_size, p=sampling) if weighted
-                 else rng.permutation(len(splits.labeled_images)))
-        losses, logs_sum = [], {}
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        for i in bar:
-            pick = order[(i * config.batch_size) % len(order):][: config.batch_size]
-            if len(pick) < config.batch_size:
-                pick = rng.choice(len(order), config.batch_size, replace=False)
-            pick = rank_share(pick, rank, world_size)
-            labeled = Batch(splits.labeled_images[pick].to(device).float().unsqueeze(1) / 255.0,
-                            splits.labeled_targets[pick].to(device))
-            unlabeled = None
-            if algorithm.uses_unlabeled:
-                upick = rank_share(rng.integers(0, len(splits.unlabeled_images), config.unlabeled_batch_size), rank,
-                                   world_size)
-                unlabeled = Batch(splits.unlabeled_images[upick].to(device).float().unsqueeze(1) / 255.0)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, state["step"], total_steps, steps_per_epoch)
-            result = algorithm.train_step(labeled, unlabeled)
-            optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            optimizer.step()
-            teacher.update(student, state["step"])
-            state["step"] += 1
-            losses.append(float(result.loss.detach()))
-            for key, value in result.logs.items():
-                logs_sum[key] = logs_sum.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        means = mean_over_ranks([float(np.mean(losses)), *(v / steps_per_epoch for v in logs_sum.values())], device)
-        if rank == 0:
-            if algorithm.uses_unlabeled:
-                refresh_thresholds(algorithm, teacher.model, splits)
-            scores = evaluate_split(teacher.model, splits.val_images, splits.val_hard)
-            elapsed = time.perf_counter() - start
-            state["elapsed_s"] += elapsed
-            record = {"epoch": epoch + 1, "train_loss": means[0], "val_accuracy": scores.accuracy,
-                      "val_macro_f1": scores.macro_f1, "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed,
-                      **dict(zip(logs_sum, means[1:]))}
-            state["history"].append(record)
-            print(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
-                  f"val acc {100 * scores.accuracy:.2f}%  macro-F1 {100 * scores.macro_f1:.2f}%  ({elapsed:.0f}s)", flush=True)
-            if scores.accuracy > state["best_accuracy"]:
-                state["best_accuracy"] = scores.accuracy
-                state["best_epoch"] = epoch + 1
-                _save_model(teacher.model, output / "model.safetensors", config, splits, scores, state, precision)
-                plot_confusion(scores, output / "confusion.png",
-                               f"{config.method} (EMA teacher), validation, epoch {epoch + 1}")
-            state["epoch"] = epoch + 1
-            state.update(algorithm.running_state())
-            state["config"] = asdict(config)
-            checkpoint.save(student, teacher, optimizer, state)
-            write_log(log_file, state["history"])
-            plot_curves(state["history"], output / "curves.png")
-        if distributed:
-            running = [algorithm.running_state()]
-            torch.distributed.broadcast_object_list(running, src=0)
-            if rank:
-                algorithm.load_running_state(running[0])
-    return {"best_accuracy": state["best_accuracy"], "best_epoch": state.get("best_epoch"), "elapsed_s": state["elapsed_s"],
-            "weights": str(output / "model.safetensors"), "history": state["history"]}
+    return run
 
 
-PLACEMENT_OPTIONS = ("output", "device", "threads", "precision")
-"""Where and how fast a run trains, not what it computes (bf16 autocast changes its rounding, not its recipe)."""
+def _initial_student(config: TrainConfig) -> LeafNet:
+    """A new network of ``config``, with the weights of ``init_weights`` when given (the same network's only)."""
+    model_config = config.model_config()
+    student = LeafNet(model_config)
+    if config.init_weights:
+        initial, _ = load_weights(config.init_weights)
+        network = lambda c: (c.backbone, tuple(c.classes), c.semantic_level, c.instance_level)  # noqa: E731
+        if network(initial.config) != network(model_config):
+            raise ConfigError(f"{config.init_weights}: its network ({initial.config.backbone}, "
+                             f"{initial.config.num_classes} classes) differs from this run's")
+        student.load_state_dict(initial.state_dict())
+    return student
+
+
+def _resume(run: _TrainingRun) -> None:
+    """Continue from the checkpoint in the output folder; refuse one saved by another configuration."""
+    saved = json.loads(run.checkpoint.state_path.read_text())
+    if _run_identity(saved.get("config", {})) != _run_identity(asdict(run.config)):
+        raise LeafFerError(f"{run.output}: holds a checkpoint of a different configuration; use --restart or "
+                           "another --output")
+    run.state = run.checkpoint.load(run.student, run.teacher, run.optimizer)
+    run.algorithm.load_running_state(run.state)
+    print(f"resuming {run.output} at epoch {run.state['epoch']}/{run.config.epochs}")
+
+
+def _train_epoch(run: _TrainingRun, epoch: int, progress: bool) -> tuple[float, dict[str, float]]:
+    """The steps of one epoch (this process's share of each global batch) → the mean training loss and the method's
+    mean logs, both averaged over the processes."""
+    config = run.config
+    rng = np.random.default_rng([config.seed, epoch])
+    if run.rank:
+        torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch, run.rank]).generate_state(1)[0]))
+    run.student.train()
+    order = (rng.choice(len(run.sampling), run.steps_per_epoch * config.batch_size, p=run.sampling)
+             if run.sampling is not None else rng.permutation(len(run.splits.labeled_images)))
+    losses, logs_sum = [], {}
+    bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    for i in bar:
+        labeled, unlabeled = _next_batches(run, rng, order, i)
+        for group in run.optimizer.param_groups:
+            group["lr"] = learning_rate(config, run.state["step"], run.total_steps, run.steps_per_epoch)
+        result = run.algorithm.train_step(labeled, unlabeled)
+        run.optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        run.optimizer.step()
+        run.teacher.update(run.student, run.state["step"])
+        run.state["step"] += 1
+        losses.append(float(result.loss.detach()))
+        for key, value in result.logs.items():
+            logs_sum[key] = logs_sum.get(key, 0.0) + value
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    means = mean_over_ranks([float(np.mean(losses)), *(v / run.steps_per_epoch for v in logs_sum.values())], run.device)
+    return means[0], dict(zip(logs_sum, means[1:]))
+
+
+def _next_batches(run: _TrainingRun, rng: np.random.Generator, order: np.ndarray,
+                  step: int) -> tuple[Batch, Batch | None]:
+    """This process's labeled batch of the epoch's ``step`` (from ``order``) and its unlabeled batch when the method
+    uses one, on the run's device."""
+    config, splits = run.config, run.splits
+    pick = order[(step * config.batch_size) % len(order):][: config.batch_size]
+    if len(pick) < config.batch_size:
+        pick = rng.choice(len(order), config.batch_size, replace=False)
+    pick = rank_share(pick, run.rank, run.world_size)
+    labeled = Batch(splits.labeled_images[pick].to(run.device).float().unsqueeze(1) / 255.0,
+                    splits.labeled_targets[pick].to(run.device))
+    if not run.algorithm.uses_unlabeled:
+        return labeled, None
+    upick = rank_share(rng.integers(0, len(splits.unlabeled_images), config.unlabeled_batch_size), run.rank,
+                       run.world_size)
+    return labeled, Batch(splits.unlabeled_images[upick].to(run.device).float().unsqueeze(1) / 255.0)
+
+
+def _evaluate_and_checkpoint(run: _TrainingRun, epoch: int, train_loss: float, logs: dict[str, float],
+                             started: float) -> None:
+    """Rank 0 after an epoch: refresh the thresholds, validate the teacher, keep the best model, save the checkpoint,
+    the log and the curves."""
+    config, state, output = run.config, run.state, run.output
+    if run.algorithm.uses_unlabeled:
+        refresh_thresholds(run.algorithm, run.teacher.model, run.splits)
+    scores = evaluate_split(run.teacher.model, run.splits.val_images, run.splits.val_hard)
+    elapsed = time.perf_counter() - started
+    state["elapsed_s"] += elapsed
+    record = {"epoch": epoch + 1, "train_loss": train_loss, "val_accuracy": scores.accuracy,
+              "val_macro_f1": scores.macro_f1, "lr": run.optimizer.param_groups[0]["lr"], "seconds": elapsed, **logs}
+    state["history"].append(record)
+    print(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
+          f"val acc {100 * scores.accuracy:.2f}%  macro-F1 {100 * scores.macro_f1:.2f}%  ({elapsed:.0f}s)", flush=True)
+    if scores.accuracy > state["best_accuracy"]:
+        state["best_accuracy"] = scores.accuracy
+        state["best_epoch"] = epoch + 1
+        _save_model(run.teacher.model, output / "model.safetensors", config, run.splits, scores, state, run.precision)
+        plot_confusion(scores, output / "confusion.png", f"{config.method} (EMA teacher), validation, epoch {epoch + 1}")
+    state["epoch"] = epoch + 1
+    state.update(run.algorithm.running_state())
+    state["config"] = asdict(config)
+    run.checkpoint.save(run.student, run.teacher, run.optimizer, state)
+    write_log(run.log_path, state["history"])
+    plot_curves(state["history"], output / "curves.png")
+
+
+def _share_running_state(run: _TrainingRun) -> None:
+    """Give every process rank 0's running state of the method (its thresholds after validation)."""
+    running = [run.algorithm.running_state()]
+    torch.distributed.broadcast_object_list(running, src=0)
+    if run.rank:
+        run.algorithm.load_running_state(running[0])
+
+
 
 
 def _run_identity(config: dict[str, Any]) -> dict[str, Any]:

@@ -2,28 +2,30 @@
 
 ``model.safetensors`` holds the tensors; ``model.json`` holds the model config, classes, normalisation, the training
 config, metrics and the data hash, and the SHA-256 of the safetensors file so a corrupt or swapped file is refused.
+Reading the metadata needs no torch (the ONNX Runtime path uses it); saving and loading the tensors import torch.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from leaf_fer.common import LeafFerError, atomic_write_bytes, file_sha256
 
-from .model import LeafNet, ModelConfig
+from .model_spec import ModelConfig
+
+if TYPE_CHECKING:
+    from .model import LeafNet
 
 FORMAT = "leaf-fer-weights/1"
 
 
-class WeightsError(ValueError):
+class WeightsError(LeafFerError, ValueError):
     """A weights file that is missing, corrupt or does not match its metadata."""
 
 
@@ -70,29 +72,10 @@ def metadata_path(weights_path: str | os.PathLike[str]) -> Path:
     return Path(weights_path).with_suffix(".json")
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_weights(net: LeafNet, path: str | os.PathLike[str], metadata: WeightsMetadata) -> Path:
+def save_weights(net: "LeafNet", path: str | os.PathLike[str], metadata: WeightsMetadata) -> Path:
     """Write ``path`` (.safetensors) and its .json atomically; returns the safetensors path."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in net.state_dict().items()}
@@ -123,8 +106,14 @@ def read_metadata(path: str | os.PathLike[str]) -> WeightsMetadata:
         raise WeightsError(f"{meta_file}: {exc}") from exc
 
 
-def load_weights(path: str | os.PathLike[str] | None = None) -> tuple[LeafNet, WeightsMetadata]:
-    """Rebuild the network from its metadata and load the tensors; refuse anything that does not match."""
+def load_weights(path: str | os.PathLike[str] | None = None) -> tuple["LeafNet", WeightsMetadata]:
+    """Rebuild the network from its metadata and load the tensors (needs torch); refuse anything that does not
+    match."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .model import LeafNet
+
     path = Path(path) if path is not None else default_weights_path()
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")

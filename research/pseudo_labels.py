@@ -1,15 +1,16 @@
 """Which unlabeled faces a trained semi-supervised run's pseudo-labels cover, scored against their true labels.
 
-For each run folder (an `leaf-fer ablate`/`train` output with `model.safetensors`), rebuilds the run's split from its
-recorded config, recomputes the class-adaptive thresholds the way training does (the EMA teacher's mean confidence on
-correctly classified labeled faces, never below the floor), and pseudo-labels the unlabeled faces on their clean view.
+For each run folder (a `research.ablation` or `leaf-fer train` output with `model.safetensors`), rebuilds the run's
+split from its recorded config, recomputes the class-adaptive thresholds the way training does (the EMA teacher's mean
+confidence on correctly classified labeled faces, never below the floor), and pseudo-labels the unlabeled faces on
+their clean view.
 With the faces' true FER+ labels (which no method reads while training) it reports how many pass, how often the
 passing pseudo-labels are right, and where the model's mistakes lie: what passes is what the model already knows.
 Below the thresholds it reports how often LEAF's ambiguous positive set (smallest top-k reaching the scaled 0.9 mass)
 holds the true class: what a ranking loss on those faces would push up.
 Writes reports/pseudo_labels/{pseudo_labels.md,pseudo_labels.json,pseudo_labels.png}.
 
-    python benchmarks/pseudo_labels.py runs/ablation_9000/leaf_seed0 runs/ablation_9000/supervised_seed0
+    python -m research.pseudo_labels runs/ablation_9000/leaf_seed0 runs/ablation_9000/supervised_seed0
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from leaf_fer.train.algorithms import Algorithm, Leaf
+from leaf_fer.train.config import TrainConfig
 from leaf_fer.train.losses import ambiguous_positive_mask
 from leaf_fer.train.metrics import save_figure
-from leaf_fer.train.trainer import (TrainConfig, confidence_ceiling, predict_probabilities, prepare_splits,
-                                    refresh_thresholds)
-from leaf_fer.train.weights import atomic_write_bytes, load_weights
+from leaf_fer.train.trainer import confidence_ceiling, predict_probabilities, prepare_splits, refresh_thresholds
+from leaf_fer.train.weights import load_weights
+
+from leaf_fer.common import atomic_write_bytes
 
 
 def analyse_run(run: Path) -> dict:

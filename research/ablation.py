@@ -1,10 +1,17 @@
-"""Semi-supervised protocol: every method and LEAF ablation at one label fraction, same budget, several seeds."""
+"""Semi-supervised protocol: every method and LEAF ablation at one label fraction, same budget, several seeds.
+
+A research harness, not part of the installed package; from the repository root:
+
+    python -m research.ablation --config research/configs/ssl_10pct.yaml --jobs 2
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -13,10 +20,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from leaf_fer.train.config import PLACEMENT_OPTIONS, TrainConfig, read_config_file
+from leaf_fer.train.metrics import save_figure
+from leaf_fer.train.trainer import train
+from leaf_fer.train.weights import read_metadata
 
-from .metrics import save_figure
-from .trainer import PLACEMENT_OPTIONS, TrainConfig, train
-from .weights import atomic_write_bytes, read_metadata
+from leaf_fer.common import atomic_write_bytes
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "supervised": {"method": "supervised"},
@@ -402,3 +411,53 @@ def plot_learning(runs: list[dict[str, Any]], path: Path, iterations_per_epoch: 
         ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m research.ablation",
+        description="Semi-supervised protocol: methods and LEAF ablations x seeds, table + plots; finished runs "
+                    "resume.")
+    parser.add_argument("--config", type=Path, help="YAML of base training options (data, budget, fraction)")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help=f"any of: {', '.join(VARIANTS)} (default: all but {', '.join(OPT_IN_VARIANTS)})")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--output", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, CPU threads split between them")
+    parser.add_argument("--merge", nargs="+", type=Path, default=[], metavar="RESULTS_JSON",
+                        help="earlier results.json of the same protocol whose runs join the table "
+                             "(a run trained here replaces the same variant and seed)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the report of the --merge runs to --output")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (or, with ``--report-only``, only report) the protocol of ``--config`` with LEAF as the base method."""
+    values = read_config_file(args.config) if args.config else {}
+    base = TrainConfig.from_dict(dict(values, method="leaf"))
+    if args.report_only:
+        report = rewrite_report(base, args.merge, args.output)
+    else:
+        report = run_ablation(base, args.variants or DEFAULT_VARIANTS, args.seeds, args.output,
+                              progress=not args.no_progress, jobs=args.jobs, merge=args.merge)
+    print(Path(args.output / "results.md").read_text())
+    return 0 if report["runs"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The harness's command line: a failure the user can act on is one line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("ablation: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"ablation: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

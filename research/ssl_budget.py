@@ -1,6 +1,6 @@
 """How the semi-supervised methods' lead over supervised-only grows with the training budget, next to the oracle's.
 
-Reads the `leaf-fer ablate` reports of one protocol at several budgets (default: every budget in reports/) and, per
+Reads the `research.ablation` reports of one protocol at several budgets (default: every budget in reports/) and, per
 budget, tabulates and plots each method's accuracy minus supervised-only's on the same split, seed by seed, with a 95%
 Student-t interval of the mean over the seeds. The oracle (`supervised on all labels`) bounds what the unlabeled faces
 could add at that budget. A second table pits methods head to head (LEAF + ranking below threshold against LEAF and
@@ -12,7 +12,7 @@ training_gaps.png follow the paired differences along training (validation accur
 the seeds per stretch of steps): when a lead appears, and whether the seeds agree on it. Writes
 reports/ssl_budget/{budget.md,budget.json,budget.png,training_gaps.png}.
 
-    python benchmarks/ssl_budget.py
+    python -m research.ssl_budget
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-
-from leaf_fer.train.ablation import BASELINE, PUBLISHED_RECIPE, VARIANTS, paired_difference, switches_off_a_level
 from leaf_fer.train.metrics import save_figure
-from leaf_fer.train.weights import atomic_write_bytes
+
+from leaf_fer.common import atomic_write_bytes
+from research.ablation import BASELINE, PUBLISHED_RECIPE, VARIANTS, paired_difference, switches_off_a_level
 
 DEFAULT_REPORTS = sorted(Path("reports").glob("ablation*/results.json"))
 COMBINED = "leaf w/o instance + ranking below threshold"

@@ -1,0 +1,17 @@
+"""The backend and precision names, defined once; importing this module loads nothing heavy."""
+
+from __future__ import annotations
+
+BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch")
+"""What ``--backend`` accepts: ``auto`` picks TensorRT on an NVIDIA GPU with TensorRT, else ONNX Runtime, else torch."""
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "int8")
+"""What ``--precision`` accepts: ``auto`` is each backend's own (FP16 engines on TensorRT, FP32 elsewhere)."""
+SUPPORTED: dict[str, tuple[str, ...]] = {"tensorrt": ("fp16",), "onnxruntime": ("fp32", "fp16", "int8"), "torch": ("fp32",)}
+"""The precisions each backend runs."""
+
+BENCH_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "tensorrt")
+"""What ``leaf-fer bench-engines`` times: each backend, ONNX Runtime at each of its precisions."""
+DEFAULT_BATCHES: tuple[int, ...] = (1, 4, 16)
+"""``bench-engines``' default batch sizes."""
+REQUIRED_ORT_SPEEDUP = 1.5
+"""``bench-engines`` fails unless ONNX Runtime is at least this much faster than torch eager at batch 1."""

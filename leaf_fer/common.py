@@ -1,0 +1,88 @@
+"""Helpers every layer shares (train, engines, realtime, gui): the error base class, atomic writes, hashing,
+percentiles and PNG figures. Imports nothing heavy at module level."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+class LeafFerError(Exception):
+    """A failure the user can act on (bad input, missing file, unavailable backend): the CLI prints it as one line
+    and exits with status 2. Anything else is a programming error and keeps its traceback."""
+
+
+class ConfigError(LeafFerError, ValueError):
+    """An option, setting or argument out of range or of the wrong kind."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message folded onto one line."""
+    return " ".join(str(exc).split())
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
+    """Write ``payload`` to ``path`` through a temporary file in the same folder and an atomic rename: a reader
+    sees the old file or the whole new one, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """``data`` as indented JSON, written atomically."""
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """Mean, p50, p95 and p99 of ``values`` rounded to 3 decimals (all 0 for no values)."""
+    import numpy as np
+
+    if len(values) == 0:
+        return {"mean": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0}
+    array = np.asarray(values, dtype=np.float64)
+    p50, p95, p99 = np.percentile(array, [50, 95, 99])
+    return {"mean": round(float(array.mean()), 3), "p50": round(float(p50), 3), "p95": round(float(p95), 3),
+            "p99": round(float(p99), 3)}
+
+
+def new_figure(width: float, height: float, dpi: int = 100) -> "Figure":
+    """A matplotlib figure on the Agg canvas (no GUI backend, safe in threads and workers)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def figure_png(figure: "Figure", dpi: int | None = None) -> bytes:
+    """The figure as PNG bytes (write them with :func:`atomic_write_bytes`)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", **({} if dpi is None else {"dpi": dpi}))
+    return buffer.getvalue()
