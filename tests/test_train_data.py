@@ -1,4 +1,6 @@
 import csv
+import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -178,3 +180,18 @@ def test_unlabeled_faces_from_folder_and_npz(tmp_path):
     assert load_unlabeled_faces(f"{tmp_path}/**/*.faces.npz").shape == (3, 48, 48)
     with pytest.raises(DataError, match="no files match"):
         load_unlabeled_faces(f"{tmp_path}/**/*.nothing")
+
+
+def test_float_images_are_scaled_or_refused_never_cast_blindly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, size=(4, 48, 48), dtype=np.uint8)
+    votes = np.eye(10, dtype=np.int64)[[0, 1, 2, 3]] * 10
+    for name, images, said in (("unit", pixels / 255.0, "scaled by 255"), ("byte", pixels.astype(np.float32), "rounded")):
+        np.savez(tmp_path / f"{name}.npz", images=images, ferplus_votes=votes)
+        with caplog.at_level(logging.WARNING):
+            loaded = load_npz(tmp_path / f"{name}.npz")
+        assert loaded.images.dtype == np.uint8 and np.array_equal(loaded.images, pixels), name
+        assert said in caplog.text
+    for images in (pixels * 2.0 - 10, np.full((4, 48, 48), np.nan, np.float32), pixels.astype(np.int16) * 2):
+        np.savez(tmp_path / "bad.npz", images=images, ferplus_votes=votes)
+        with pytest.raises(DataError, match="range|NaN"):
+            load_npz(tmp_path / "bad.npz")

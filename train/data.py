@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from leaf_fer.common import ConfigError, LeafFerError
 
 from .config import POSED_LABEL_WEIGHT
 from .model_spec import FER2013_CLASSES, FERPLUS_CLASSES
+
+log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 48
 FACE_CROP_MAX_SIDE = 64
@@ -140,6 +143,7 @@ def load_npz(path: str | Path) -> FaceData:
 
 
 def _as_face_images(images: np.ndarray, where: str) -> np.ndarray:
+    images = _as_uint8(images, where)
     if images.ndim == 4 and images.shape[-1] in (1, 3):
         images = np.stack([_to_gray48(img, where) for img in images])
     if images.ndim != 3:
@@ -147,6 +151,25 @@ def _as_face_images(images: np.ndarray, where: str) -> np.ndarray:
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         images = np.stack([_to_gray48(img, where) for img in images])
     return np.ascontiguousarray(images.astype(np.uint8, copy=False))
+
+
+def _as_uint8(images: np.ndarray, where: str) -> np.ndarray:
+    """Pixels as uint8 0..255: float images in [0, 1] are scaled by 255 and floats or integers in [0, 255] rounded,
+    each with one line saying so; any other range is refused rather than cast into garbage."""
+    if images.dtype == np.uint8 or images.size == 0:
+        return images
+    if images.dtype.kind not in "fiub":
+        raise DataError(f"{where}: images of dtype {images.dtype} are not pixels")
+    low, high = float(images.min()), float(images.max())
+    if images.dtype.kind == "f" and not np.isfinite([low, high]).all():
+        raise DataError(f"{where}: images hold NaN or infinite values")
+    if low < 0 or high > 255:
+        raise DataError(f"{where}: {images.dtype} images range over [{low:g}, {high:g}]; expected 0..255 (or 0..1 floats)")
+    if images.dtype.kind == "f" and high <= 1.0:
+        log.warning("%s: %s images in [0, 1]: scaled by 255 to uint8", where, images.dtype)
+        return np.rint(images * 255.0).astype(np.uint8)
+    log.warning("%s: %s images in [0, 255]: rounded to uint8", where, images.dtype)
+    return np.rint(images).astype(np.uint8)
 
 
 def _to_gray48(image: np.ndarray, where: str) -> np.ndarray:
