@@ -24,35 +24,22 @@ from leaf_fer.common import atomic_write_bytes, atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 FIRST_FRAME = """
-import time
-started = time.perf_counter()
 import leaf_fer
 from leaf_fer.realtime.annotate import sample_video
 from leaf_fer.realtime.sources import open_source
 with open_source(str(sample_video())) as source:
     frame = next(iter(source.frames()))
-analyzer = leaf_fer.Analyzer()
-faces = analyzer.analyze(frame.image).faces
-print(time.perf_counter() - started, len(faces))
+with leaf_fer.Analyzer() as analyzer:
+    assert analyzer.analyze(frame.image).faces
 """
 
 
-def timed(command: list[str], repeats: int, env: dict[str, str] | None = None) -> float:
-    """Median wall seconds of ``command`` over ``repeats`` fresh processes (each must succeed)."""
+def timed(command: list[str], repeats: int, cwd: Path) -> float:
+    """Median wall seconds of ``command`` over ``repeats`` fresh processes run in ``cwd`` (each must succeed)."""
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True, env=env)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def first_frame_seconds(python: str, repeats: int) -> float:
-    """Median seconds from interpreter start-up to the first analysed frame of the sample (models loaded)."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        subprocess.run([python, "-c", FIRST_FRAME], check=True, capture_output=True)
+        subprocess.run(command, check=True, capture_output=True, cwd=cwd)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -113,9 +100,9 @@ def main() -> None:
             cli = str(Path(python).with_name("leaf-fer"))
             if not Path(cli).exists():
                 cli = shutil.which("leaf-fer") or cli
-            report[name]["help_s"] = round(timed([cli, "--help"], args.repeats), 3)
-            report[name]["import_s"] = round(timed([python, "-c", "import leaf_fer"], args.repeats), 3)
-            report[name]["first_frame_s"] = round(first_frame_seconds(python, args.repeats), 2)
+            report[name]["help_s"] = round(timed([cli, "--help"], args.repeats, workdir), 3)
+            report[name]["import_s"] = round(timed([python, "-c", "import leaf_fer"], args.repeats, workdir), 3)
+            report[name]["first_frame_s"] = round(timed([python, "-c", FIRST_FRAME], args.repeats, workdir), 2)
             print(name, report[name], flush=True)
     atomic_write_json(args.output / "startup.json", report)
     atomic_write_bytes(args.output / "startup.md", markdown(report).encode())
