@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+
 from leaf_fer.engines.export import export_onnx_model
 from leaf_fer.train.config import TrainConfig
 from leaf_fer.train.model import InferenceModel, count_parameters

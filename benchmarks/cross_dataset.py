@@ -19,11 +19,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from leaf_fer.common import atomic_write_bytes
 from leaf_fer.realtime.evaluate import evaluate_end_to_end, evaluate_npz
 from leaf_fer.realtime.pipeline import PipelineConfig, create_predictor
 from leaf_fer.train.metrics import save_figure
-
-from leaf_fer.common import atomic_write_bytes
 
 FOCUS = ("anger", "disgust", "fear")
 

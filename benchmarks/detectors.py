@@ -20,11 +20,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from leaf_fer.common import atomic_write_bytes
 from leaf_fer.realtime.detector import YUNET_EYE_DROP, YUNET_MOUTH_DROP, CascadeDetector, FaceDetector, YuNetDetector
 from leaf_fer.train.data import load_npz
 from leaf_fer.train.metrics import save_figure
-
-from leaf_fer.common import atomic_write_bytes
 
 
 def padded(rgb: np.ndarray, fraction: float = 0.25) -> np.ndarray:

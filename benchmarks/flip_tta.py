@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from leaf_fer.common import atomic_write_bytes
 from leaf_fer.engines import create_predictor
 from leaf_fer.train.data import load_dataset, load_npz, targets_for
 from leaf_fer.train.metrics import score
-
-from leaf_fer.common import atomic_write_bytes
 
 
 def accuracy(predictor, faces: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], flip: bool) -> dict:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from leaf_fer.common import atomic_write_bytes
 from leaf_fer.train.algorithms import Batch
 from leaf_fer.train.config import TrainConfig, read_config_file
 from leaf_fer.train.model import LeafNet
 from leaf_fer.train.trainer import make_algorithm, native_bf16, resolve_precision
-
-from leaf_fer.common import atomic_write_bytes
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -15,9 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaf_fer.train.model_spec import ModelConfig
-
 from leaf_fer.common import LeafFerError, atomic_write_bytes, file_sha256, one_line
+from leaf_fer.train.model_spec import ModelConfig
 
 FORMAT = "leaf-fer-engine/1"
 TARGETS: tuple[str, ...] = ("onnx", "onnx-fp16", "onnx-int8", "tensorrt")

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from leaf_fer.train.weights import default_weights_path, model_hash
 from tqdm import tqdm
 
 import leaf_fer
 from leaf_fer.common import ConfigError, atomic_write_bytes, figure_png, new_figure
+from leaf_fer.train.weights import default_weights_path, model_hash
 
 from .artifacts import EngineError
 from .names import BENCH_BACKENDS, DEFAULT_BATCHES, REQUIRED_ORT_SPEEDUP

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from leaf_fer.train.model import InferenceModel, LeafNet
-from leaf_fer.train.weights import WeightsMetadata, default_weights_path, load_weights, model_hash
 from onnx import TensorProto, helper, numpy_helper
 
 import leaf_fer
 from leaf_fer.common import ConfigError, one_line
+from leaf_fer.train.model import InferenceModel, LeafNet
+from leaf_fer.train.weights import WeightsMetadata, default_weights_path, load_weights, model_hash
 
 from .artifacts import (
     INPUT_NAME,

@@ -105,6 +105,16 @@ def create_predictor(
     return _torch(weights, threads, "auto; " + "; ".join(skipped))
 
 
+def check_backend(backend: str) -> None:
+    """Raise :class:`BackendUnavailableError` at once when ``backend`` (not ``auto``) cannot run here, so that a run
+    over many inputs fails with one line instead of once per input."""
+    probes = {"tensorrt": tensorrt_unavailable_reason, "onnxruntime": onnxruntime_unavailable_reason,
+              "torch": torch_unavailable_reason}
+    reason = probes[backend]() if backend in probes else None
+    if reason is not None:
+        raise BackendUnavailableError(f"{backend} backend unavailable: {reason}")
+
+
 def _announce(predictor: Predictor, reason: str) -> Predictor:
     predictor.backend_reason = reason
     log.info("inference backend: %s", predictor.describe())
@@ -137,4 +147,4 @@ def _torch(weights: PathArg, threads: int | None, reason: str) -> Predictor:
     return _announce(TorchPredictor(weights, device=device), reason)
 
 
-__all__ = ["create_predictor", "onnxruntime_unavailable_reason", "tensorrt_unavailable_reason", "torch_unavailable_reason"]
+__all__ = ["check_backend", "create_predictor", "onnxruntime_unavailable_reason", "tensorrt_unavailable_reason", "torch_unavailable_reason"]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from leaf_fer.train.weights import WeightsMetadata, model_hash, read_metadata
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from leaf_fer.common import ConfigError, one_line
+from leaf_fer.train.weights import WeightsMetadata, model_hash, read_metadata
 
 from .artifacts import ONNX_TARGETS, EngineError, EngineMismatchError, check_compatible, load_artifact
 from .onnx_store import ensure_onnx

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import numpy as np
+
 from leaf_fer.train.weights import WeightsMetadata
 
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from leaf_fer.train.weights import WeightsMetadata, default_weights_path, model_hash, read_metadata
 
 from leaf_fer.common import ConfigError, atomic_write_bytes, one_line
+from leaf_fer.train.weights import WeightsMetadata, default_weights_path, model_hash, read_metadata
 
 from .artifacts import (
     INPUT_NAME,

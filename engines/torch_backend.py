@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from leaf_fer.train.model import InferenceModel
 from leaf_fer.train.weights import load_weights
 

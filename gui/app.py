@@ -7,13 +7,13 @@ import os
 import signal
 import sys
 
-from leaf_fer.gui.commands import add_gui_arguments
-from leaf_fer.gui.main_window import MainWindow
-from leaf_fer.realtime.commands import pipeline_config
 from PyQt6.QtCore import QTimer
 from PyQt6.QtWidgets import QApplication
 
 from leaf_fer.common import LeafFerError
+from leaf_fer.gui.commands import add_gui_arguments
+from leaf_fer.gui.main_window import MainWindow
+from leaf_fer.realtime.commands import pipeline_config
 
 
 def _check_display() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections import deque
 
-from leaf_fer.gui.widgets import HistoryPlot, ProbabilityBars
-from leaf_fer.gui.worker import FaceInfo, FramePacket
 from PyQt6.QtCore import pyqtSignal
 from PyQt6.QtWidgets import QComboBox, QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from leaf_fer.gui.widgets import HistoryPlot, ProbabilityBars
+from leaf_fer.gui.worker import FaceInfo, FramePacket
 
 HISTORY_SECONDS = 10.0
 

@@ -7,20 +7,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from leaf_fer.gui.cameras import CameraProbe
-from leaf_fer.gui.face_panel import FacePanel
-from leaf_fer.gui.settings_form import SettingsForm
-from leaf_fer.gui.widgets import MessageBanner, VideoView
-from leaf_fer.gui.worker import (
-    FramePacket,
-    PipelineFactory,
-    PipelineWorker,
-    SourceFactory,
-    SourceSpec,
-    backend_label,
-)
-from leaf_fer.realtime.settings import PipelineConfig
-from leaf_fer.realtime.sources import Source
 from PyQt6.QtCore import QStandardPaths, Qt, QTimer
 from PyQt6.QtGui import QAction, QCloseEvent, QKeySequence, QResizeEvent
 from PyQt6.QtWidgets import (
@@ -39,6 +25,21 @@ from PyQt6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from leaf_fer.gui.cameras import CameraProbe
+from leaf_fer.gui.face_panel import FacePanel
+from leaf_fer.gui.settings_form import SettingsForm
+from leaf_fer.gui.widgets import MessageBanner, VideoView
+from leaf_fer.gui.worker import (
+    FramePacket,
+    PipelineFactory,
+    PipelineWorker,
+    SourceFactory,
+    SourceSpec,
+    backend_label,
+)
+from leaf_fer.realtime.settings import PipelineConfig
+from leaf_fer.realtime.sources import Source
 
 VIDEO_FILTER = "Videos (*.mp4 *.avi *.mov *.mkv *.webm *.m4v);;All files (*)"
 IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.bmp *.webp *.tif *.tiff);;All files (*)"

@@ -8,7 +8,6 @@ from dataclasses import Field, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from leaf_fer.realtime.settings import Option, PipelineConfig, option_fields
 from PyQt6.QtCore import pyqtSignal
 from PyQt6.QtWidgets import (
     QCheckBox,
@@ -22,6 +21,8 @@ from PyQt6.QtWidgets import (
     QToolButton,
     QWidget,
 )
+
+from leaf_fer.realtime.settings import Option, PipelineConfig, option_fields
 
 
 @dataclass(frozen=True)

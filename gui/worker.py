@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from PyQt6.QtCore import QThread, pyqtSignal
+from PyQt6.QtGui import QImage
+
 from leaf_fer.realtime.annotators import FpsMeter
 from leaf_fer.realtime.pipeline import Pipeline
 from leaf_fer.realtime.settings import PipelineConfig, option_of
 from leaf_fer.realtime.sources import FolderSource, ImageSource, LiveSource, Source, SourceError, open_source
 from leaf_fer.realtime.types import Frame, FrameResult
 from leaf_fer.realtime.writers import CsvWriter, VideoWriter
-from PyQt6.QtCore import QThread, pyqtSignal
-from PyQt6.QtGui import QImage
 
 SourceSpec = int | str
 

@@ -34,7 +34,6 @@ from typing import Any, BinaryIO, Literal
 
 import cv2
 import numpy as np
-from leaf_fer.train.weights import default_weights_path, read_metadata
 from tqdm import tqdm
 
 from leaf_fer.common import (
@@ -44,6 +43,8 @@ from leaf_fer.common import (
     new_figure,
     percentiles,
 )
+from leaf_fer.engines.factory import check_backend
+from leaf_fer.train.weights import default_weights_path, read_metadata
 
 from .annotators import class_color
 from .pipeline import Overlay, Pipeline, PipelineConfig
@@ -752,6 +753,8 @@ def annotate_inputs(
         raise ConfigError(f"workers must be >= 1, got {workers}")
     config = pipeline.config if pipeline is not None else config or PipelineConfig()
     config.validate()
+    if pipeline is None:
+        check_backend(config.backend)
     settings = annotation_settings(config, save_faces_every, video)
     outdir = Path(outdir)
     with _exclusive(outdir):

@@ -20,10 +20,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from leaf_fer.engines.predictor import Predictor
 from tqdm import tqdm
 
 from leaf_fer.common import LeafFerError, figure_png, new_figure, percentiles
+from leaf_fer.engines.predictor import Predictor
 
 from .annotate import OutputPaths, annotate_file, sample_video
 from .pipeline import Pipeline, PipelineConfig, create_predictor

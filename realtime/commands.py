@@ -8,9 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from leaf_fer.engines.names import BACKENDS
-
 from leaf_fer.common import ConfigError
+from leaf_fer.engines.names import BACKENDS
 
 from .settings import DETECTOR_RANGES, PipelineConfig, option_fields
 
@@ -193,9 +192,8 @@ def run_annotate(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from leaf_fer.train.metrics import plot_confusion
-
     from leaf_fer.common import atomic_write_bytes
+    from leaf_fer.train.metrics import plot_confusion
 
     from .evaluate import evaluate_end_to_end, evaluate_npz, write_report
     from .pipeline import create_predictor

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
+
+from leaf_fer.common import ConfigError, atomic_write_bytes
 from leaf_fer.engines import Predictor
 from leaf_fer.train.data import FaceData, labeled_files, load_npz, targets_for
 from leaf_fer.train.metrics import Scores, plot_confusion, score
 from leaf_fer.train.model_spec import FER2013_CLASSES, FERPLUS_CLASSES
-from tqdm import tqdm
-
-from leaf_fer.common import ConfigError, atomic_write_bytes
 
 from .pipeline import Pipeline, PipelineConfig
 from .types import Frame

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from leaf_fer.train.weights import default_weights_path, read_metadata
 from tqdm import tqdm
 
 from leaf_fer.common import LeafFerError
+from leaf_fer.train.weights import default_weights_path, read_metadata
 
 from . import annotate, segments
 from .annotate import IMAGE_EXTENSIONS, AnnotateOutcome, OutputPaths

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import cv2
 import numpy as np
+
 from leaf_fer.engines import Predictor
 from leaf_fer.engines import create_predictor as create_engine_predictor
 

@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
-from leaf_fer.engines.names import BACKENDS, PRECISIONS
-
 from leaf_fer.common import ConfigError
+from leaf_fer.engines.names import BACKENDS, PRECISIONS
 
 DETECTOR_RANGES: tuple[str, ...] = ("short", "full")
 OPTION = "option"

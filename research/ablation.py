@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from leaf_fer.common import atomic_write_bytes
 from leaf_fer.train.config import PLACEMENT_OPTIONS, TrainConfig, read_config_file
 from leaf_fer.train.metrics import save_figure
 from leaf_fer.train.trainer import train
 from leaf_fer.train.weights import read_metadata
-
-from leaf_fer.common import atomic_write_bytes
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "supervised": {"method": "supervised"},

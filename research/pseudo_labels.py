@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from leaf_fer.common import atomic_write_bytes
 from leaf_fer.train.algorithms import Algorithm, Leaf
 from leaf_fer.train.config import TrainConfig
 from leaf_fer.train.losses import ambiguous_positive_mask
 from leaf_fer.train.metrics import save_figure
 from leaf_fer.train.trainer import confidence_ceiling, predict_probabilities, prepare_splits, refresh_thresholds
 from leaf_fer.train.weights import load_weights
-
-from leaf_fer.common import atomic_write_bytes
 
 
 def analyse_run(run: Path) -> dict:

@@ -23,9 +23,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-from leaf_fer.train.metrics import save_figure
 
 from leaf_fer.common import atomic_write_bytes
+from leaf_fer.train.metrics import save_figure
 from research.ablation import BASELINE, PUBLISHED_RECIPE, VARIANTS, paired_difference, switches_off_a_level
 
 DEFAULT_REPORTS = sorted(Path("reports").glob("ablation*/results.json"))

@@ -14,13 +14,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from leaf_fer.realtime.annotate import sample_video
-from leaf_fer.realtime.sources import VideoFileSource
-from leaf_fer.realtime.writers import CsvWriter, csv_columns
 from realtime_media import MULTI_FACE_JPG_FACE_CENTRES, SAMPLE_HAPPY_FRAMES, media_file
 
 import leaf_fer
 from leaf_fer import api
+from leaf_fer.realtime.annotate import sample_video
+from leaf_fer.realtime.sources import VideoFileSource
+from leaf_fer.realtime.writers import CsvWriter, csv_columns
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from realtime_media import media_file
+
+from leaf_fer.cli import main as cli_main
 from leaf_fer.engines import create_predictor
 from leaf_fer.realtime.annotate import WORK_DIR, annotate_inputs, sample_video
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
 from leaf_fer.realtime.writers import VideoWriter, WriterError
 from leaf_fer.train.weights import default_weights_path
-from realtime_media import media_file
-
-from leaf_fer.cli import main as cli_main
 
 Mount = Callable[..., Path]
 

@@ -16,6 +16,9 @@ import numpy as np
 import onnx
 import pytest
 from _engines_data import accuracy, load_public_test, predict_all
+from onnx import TensorProto
+
+from leaf_fer.cli import main as cli_main
 from leaf_fer.engines import (
     BackendUnavailableError,
     EngineError,
@@ -32,9 +35,6 @@ from leaf_fer.engines.onnx_store import ensure_onnx, shipped_onnx
 from leaf_fer.realtime.evaluate import evaluate_npz
 from leaf_fer.train.model import LeafNet, ModelConfig
 from leaf_fer.train.weights import WeightsMetadata, default_weights_path, model_hash, save_weights
-from onnx import TensorProto
-
-from leaf_fer.cli import main as cli_main
 
 SENSITIVE_OPS = {"Softmax", "ReduceMean", "ReduceSum", "ReduceL2", "Div", "Clip"}
 

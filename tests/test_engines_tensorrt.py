@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _engines_data import accuracy, load_public_test, predict_all
+
 from leaf_fer.engines import EngineError, EngineMismatchError, TorchPredictor
 from leaf_fer.engines.artifacts import (
     TrtBuildInfo,

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from leaf_fer.realtime.annotate import sample_video
 from leaf_fer.realtime.face_crops import CropSettings, FaceCropper, crop_files
 from leaf_fer.realtime.sources import open_source

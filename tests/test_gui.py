@@ -21,6 +21,11 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
+from PyQt6.QtCore import QPoint, Qt
+from PyQt6.QtGui import QColor, QImage
+from PyQt6.QtWidgets import QApplication
+
+from leaf_fer.cli import COMMAND_MODULES
 from leaf_fer.gui.cameras import candidate_camera_indices
 from leaf_fer.gui.commands import register
 from leaf_fer.gui.main_window import MainWindow
@@ -32,11 +37,6 @@ from leaf_fer.realtime.commands import pipeline_config
 from leaf_fer.realtime.settings import PipelineConfig, option_fields
 from leaf_fer.realtime.sources import LiveSource, Source, SourceError
 from leaf_fer.realtime.types import Detection, FacePrediction, Frame, FrameResult, StageTimings
-from PyQt6.QtCore import QPoint, Qt
-from PyQt6.QtGui import QColor, QImage
-from PyQt6.QtWidgets import QApplication
-
-from leaf_fer.cli import COMMAND_MODULES
 
 SHARED = Path(os.environ.get("LEAF_FER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 VIDEO = SHARED / "media" / "single_face.mp4"

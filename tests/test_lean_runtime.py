@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import cv2
+
 from leaf_fer.realtime.annotate import sample_video
 from leaf_fer.realtime.sources import open_source
 
@@ -50,6 +51,7 @@ def test_cli_annotate_evaluate_and_api_run_without_torch(tmp_path: Path) -> None
                      "--no-progress"]) == 0
         assert main(["evaluate", "--data", "faces", "--json", "scores.json", "--no-progress"]) == 0
         assert main(["train", "--data", "x.npz"]) == 2
+        assert main(["annotate", {str(sample_video())!r}, "-o", "torch_out", "--backend", "torch"]) == 2
         import leaf_fer
         analysis = leaf_fer.analyze_image("faces/happiness/smile.jpg")
         print(json.dumps({{"label": analysis.frames[0].faces[0].label,
@@ -59,6 +61,8 @@ def test_cli_annotate_evaluate_and_api_run_without_torch(tmp_path: Path) -> None
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary == {"label": "happiness", "loaded": []}
     assert "pip install 'leaf-fer[train]'" in result.stderr and "leaf-fer train: error:" in result.stderr
+    assert "leaf-fer annotate: error: torch backend unavailable: torch is not installed" in result.stderr
+    assert not (tmp_path / "torch_out").exists(), "refused before any input was started"
     rows = (tmp_path / "out" / "sample" / "sample.csv").read_text().splitlines()
     assert len(rows) == 473 and (tmp_path / "out" / "sample" / "sample.annotated.mp4").stat().st_size > 100_000
     assert json.loads((tmp_path / "scores.json").read_text())["per_class_recall"]["happiness"] == 1.0

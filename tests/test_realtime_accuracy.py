@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from realtime_media import SAMPLE_HAPPY_FRAMES
+
 from leaf_fer.realtime.annotate import sample_video
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
 from leaf_fer.realtime.sources import open_source
-from realtime_media import SAMPLE_HAPPY_FRAMES
 
 
 @pytest.mark.slow

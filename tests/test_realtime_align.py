@@ -7,11 +7,12 @@ import math
 import cv2
 import numpy as np
 import pytest
+from realtime_media import media_file
+
 from leaf_fer.realtime.align import EYE_CENTER, EYE_DISTANCE, align_faces, alignment_matrix
 from leaf_fer.realtime.detector import FaceDetector
 from leaf_fer.realtime.sources import read_image
 from leaf_fer.realtime.types import Detection
-from realtime_media import media_file
 
 SIZE = 48
 

@@ -13,6 +13,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from realtime_media import (
+    FACE_NOFACE_EMPTY_FRAMES,
+    FACE_NOFACE_FACE_FRAMES,
+    csv_rows,
+    frame_count,
+    media_file,
+)
+
 from leaf_fer.realtime import commands
 from leaf_fer.realtime.annotate import (
     FORMAT,
@@ -29,13 +37,6 @@ from leaf_fer.realtime.types import (
     StageTimings,
 )
 from leaf_fer.realtime.writers import WriterError, csv_columns
-from realtime_media import (
-    FACE_NOFACE_EMPTY_FRAMES,
-    FACE_NOFACE_FACE_FRAMES,
-    csv_rows,
-    frame_count,
-    media_file,
-)
 
 
 @pytest.fixture(scope="module")

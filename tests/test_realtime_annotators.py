@@ -7,6 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from leaf_fer.realtime.annotators import (
     BoxAnnotator,
     FpsMeter,

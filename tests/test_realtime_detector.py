@@ -5,9 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from leaf_fer.realtime.align import align_faces
-from leaf_fer.realtime.detector import CascadeDetector, FaceDetector, YuNetDetector, model_bytes
-from leaf_fer.realtime.sources import open_source, read_image
 from realtime_media import (
     FACE_NOFACE_EMPTY_FRAMES,
     FACE_NOFACE_FACE_FRAMES,
@@ -15,6 +12,10 @@ from realtime_media import (
     SINGLE_FACE_JPG_FACE_CENTRE,
     media_file,
 )
+
+from leaf_fer.realtime.align import align_faces
+from leaf_fer.realtime.detector import CascadeDetector, FaceDetector, YuNetDetector, model_bytes
+from leaf_fer.realtime.sources import open_source, read_image
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:

@@ -8,10 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from leaf_fer.realtime.annotate import sample_video
-from leaf_fer.realtime.sources import open_source
 
 from leaf_fer.cli import main
+from leaf_fer.realtime.annotate import sample_video
+from leaf_fer.realtime.sources import open_source
 
 
 def frames(indices: set[int]) -> list[np.ndarray]:

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from realtime_media import MEDIA, csv_rows, frame_count, media_file
+
 from leaf_fer.realtime import commands, segments
 from leaf_fer.realtime.annotate import WORK_DIR, annotate_inputs, sample_video
 from leaf_fer.realtime.bench import make_group_clip
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
-from realtime_media import MEDIA, csv_rows, frame_count, media_file
 
 CLIPS = ("single_face.mp4", "face_noface.mov", "noface_face.mov", "no_face.mp4")
 

@@ -6,11 +6,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from realtime_media import MULTI_FACE_JPG_FACE_CENTRES, media_file
+
 from leaf_fer.engines.predictor import Predictor
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig, create_predictor
 from leaf_fer.realtime.sources import open_source
 from leaf_fer.realtime.types import Frame
-from realtime_media import MULTI_FACE_JPG_FACE_CENTRES, media_file
 
 
 class CountingPredictor(Predictor):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from leaf_fer.engines.names import BACKENDS
 from leaf_fer.realtime.commands import BENCH_BACKENDS, add_pipeline_options, pipeline_config, register
 from leaf_fer.realtime.settings import PipelineConfig, option_fields

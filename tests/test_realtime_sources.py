@@ -10,6 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from realtime_media import media_file
+
 from leaf_fer.realtime.sources import (
     FolderSource,
     ImageSource,
@@ -18,7 +20,6 @@ from leaf_fer.realtime.sources import (
     VideoFileSource,
     open_source,
 )
-from realtime_media import media_file
 
 
 def test_video_file_frames_and_timestamps() -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from realtime_media import media_file
+
 from leaf_fer.realtime.annotate import sample_video
 from leaf_fer.realtime.mp4 import concat_mp4
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
@@ -18,7 +20,6 @@ from leaf_fer.realtime.segments import Segment, face_dtype, match_tracks, pieces
 from leaf_fer.realtime.sources import SourceError, VideoFileSource, VideoIndex, prefetch, scan_video
 from leaf_fer.realtime.types import Frame
 from leaf_fer.realtime.writers import BackgroundWriter, VideoWriter, WriterError
-from realtime_media import media_file
 
 
 def _decode(path: Path) -> list[np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from leaf_fer.realtime.tracker import Tracker, box_iou
 from leaf_fer.realtime.types import Detection
 

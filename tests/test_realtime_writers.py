@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from leaf_fer.realtime.types import Detection, FacePrediction, Frame, FrameResult, StageTimings
 from leaf_fer.realtime.writers import CsvWriter, VideoWriter, WriterError, csv_columns
 

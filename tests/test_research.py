@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
 from leaf_fer.train.config import TrainConfig
 from leaf_fer.train.trainer import resolve_precision, train
 from leaf_fer.train.weights import load_weights
-
 from research import ssl_budget
 from research.ablation import (
     DEFAULT_VARIANTS,

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from leaf_fer.train.config import TrainConfig
 from leaf_fer.train.trainer import train
 from leaf_fer.train.weights import load_weights

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from leaf_fer.train.config import TrainConfig
 from leaf_fer.train.trainer import resolve_precision, train
 from leaf_fer.train.weights import load_weights

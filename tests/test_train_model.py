@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from leaf_fer.train.losses import ambiguous_positive_mask, category_level_loss, contrastive_loss, ranking_loss
 from leaf_fer.train.model import GatedExperts, InferenceModel, LeafNet, ModelConfig
 from leaf_fer.train.weights import WeightsError, WeightsMetadata, load_weights, metadata_path, save_weights
