@@ -4,8 +4,8 @@ Weights are quantised per output channel to int8 with a 7-bit range (``reduce_ra
 AVX2's u8 x s8 products saturate at full range), activations per tensor to uint8 with the MinMax ranges seen on the
 calibration faces. The default calibration set is the aligned faces of the shipped sample video (472 frames, one
 face, through the live detector and aligner, as ``annotate`` sees them); an npz of crops (``images`` uint8 [N, H, W],
-e.g. what ``annotate --save-faces`` keeps) can replace it. :func:`ferplus_accuracy` scores a predictor on a FER+ npz
-the way ``leaf-fer evaluate`` scores weights, so the INT8 model can be checked against FP32.
+e.g. what ``annotate --save-faces`` keeps) can replace it. ``leaf_fer.realtime.evaluate.evaluate_npz``
+checks the INT8 model against FP32 on a FER+ npz.
 """
 
 from __future__ import annotations
