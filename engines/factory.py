@@ -71,20 +71,12 @@ def create_predictor(
             f"{precision} runs on {', '.join(b for b, p in SUPPORTED.items() if precision in p)}"
         )
     onnx_precision = "fp32" if precision == "auto" else precision
+    check_backend(backend)
     if backend == "tensorrt":
-        reason = tensorrt_unavailable_reason()
-        if reason is not None:
-            raise BackendUnavailableError(f"TensorRT backend unavailable: {reason}")
         return _tensorrt(weights, cache_dir, artifact, max_batch, "requested")
     if backend == "onnxruntime":
-        reason = onnxruntime_unavailable_reason()
-        if reason is not None:
-            raise BackendUnavailableError(f"ONNX Runtime backend unavailable: {reason}")
         return _onnxruntime(weights, cache_dir, artifact, onnx_precision, threads, "requested")
     if backend == "torch":
-        reason = torch_unavailable_reason()
-        if reason is not None:
-            raise BackendUnavailableError(f"torch backend unavailable: {reason}")
         return _torch(weights, threads, "requested")
 
     skipped: list[str] = []
@@ -106,13 +98,16 @@ def create_predictor(
 
 
 def check_backend(backend: str) -> None:
-    """Raise :class:`BackendUnavailableError` at once when ``backend`` (not ``auto``) cannot run here, so that a run
-    over many inputs fails with one line instead of once per input."""
-    probes = {"tensorrt": tensorrt_unavailable_reason, "onnxruntime": onnxruntime_unavailable_reason,
-              "torch": torch_unavailable_reason}
-    reason = probes[backend]() if backend in probes else None
+    """Raise :class:`BackendUnavailableError` when ``backend`` cannot run here (``auto`` always can); ``annotate``
+    calls it before its inputs start, so a run over many inputs fails with one line, not one per input."""
+    if backend == "auto":
+        return
+    probe, name = {"tensorrt": (tensorrt_unavailable_reason, "TensorRT"),
+                   "onnxruntime": (onnxruntime_unavailable_reason, "ONNX Runtime"),
+                   "torch": (torch_unavailable_reason, "torch")}[backend]
+    reason = probe()
     if reason is not None:
-        raise BackendUnavailableError(f"{backend} backend unavailable: {reason}")
+        raise BackendUnavailableError(f"{name} backend unavailable: {reason}")
 
 
 def _announce(predictor: Predictor, reason: str) -> Predictor:

@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from leaf_fer.common import ConfigError
 from leaf_fer.train.weights import WeightsMetadata, default_weights_path, model_hash, read_metadata
 
 from .artifacts import ONNX_TARGETS, EngineError, artifact_filename, check_compatible, load_artifact, model_cache_dir
@@ -22,9 +23,11 @@ log = logging.getLogger(__name__)
 def shipped_onnx(weights: str | os.PathLike[str] | None, precision: str = "fp32") -> Path | None:
     """The ONNX of ``precision`` lying beside the weights and matching them (hash and config), else None."""
     weights_path = Path(weights) if weights is not None else default_weights_path()
-    weights_hash = model_hash(weights_path)
-    target = ONNX_TARGETS[precision]
-    path = weights_path.parent / artifact_filename(weights_hash, target, model=read_metadata(weights_path).model.to_dict())
+    return _shipped(weights_path, model_hash(weights_path), read_metadata(weights_path), ONNX_TARGETS[precision])
+
+
+def _shipped(weights_path: Path, weights_hash: str, metadata: WeightsMetadata, target: str) -> Path | None:
+    path = weights_path.parent / artifact_filename(weights_hash, target, model=metadata.model.to_dict())
     return path if _problem(path, target, weights_hash, quiet=True) is None else None
 
 
@@ -45,16 +48,16 @@ def ensure_onnx(
     folder instead (one warning).
     """
     if precision not in ONNX_TARGETS:
-        raise EngineError(f"ONNX precision must be one of {', '.join(ONNX_TARGETS)}; got {precision!r}")
+        raise ConfigError(f"ONNX precision must be one of {', '.join(ONNX_TARGETS)}; got {precision!r}")
     weights_path = Path(weights) if weights is not None else default_weights_path()
-    if output_dir is None:
-        shipped = shipped_onnx(weights_path, precision)
-        if shipped is not None:
-            return shipped
     weights_hash = model_hash(weights_path)
     metadata = read_metadata(weights_path)
-    directory = Path(output_dir) if output_dir is not None else model_cache_dir(cache_dir, weights_hash)
     target = ONNX_TARGETS[precision]
+    if output_dir is None:
+        shipped = _shipped(weights_path, weights_hash, metadata, target)
+        if shipped is not None:
+            return shipped
+    directory = Path(output_dir) if output_dir is not None else model_cache_dir(cache_dir, weights_hash)
     wanted = directory / artifact_filename(weights_hash, target, model=metadata.model.to_dict())
     reason = _problem(wanted, target, weights_hash)
     if reason is None:

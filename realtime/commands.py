@@ -190,33 +190,28 @@ def run_annotate(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from leaf_fer.common import atomic_write_bytes
-    from leaf_fer.train.metrics import plot_confusion
+    from leaf_fer.common import atomic_write_json
 
     from .evaluate import evaluate_end_to_end, evaluate_npz, write_report
     from .pipeline import create_predictor
 
     config = pipeline_config(args, draw=False)
-    if args.data.suffix != ".npz":
-        report = evaluate_end_to_end(args.data, config, progress=not args.no_progress)
-        print(report.summary())
-        payload = (json.dumps(report.to_dict(), indent=2) + "\n").encode()
-        if args.output:
-            write_report(report, args.output, f"{args.data.name}, end to end")
-    else:
+    if args.data.suffix == ".npz":
         with create_predictor(config) as predictor:
             scores, protocol = evaluate_npz(predictor, args.data)
         print(f"{args.data} ({protocol}, {len(scores.classes)} classes, {predictor.describe()})")
         print(scores.summary())
-        payload = (json.dumps({"data": str(args.data), "protocol": protocol, **scores.to_dict()}, indent=2) + "\n").encode()
-        if args.output:
-            atomic_write_bytes(args.output / "evaluation.json", payload)
-            plot_confusion(scores, args.output / "confusion.png", f"{args.data.name}, {protocol}")
+        document = {"data": str(args.data), "protocol": protocol, **scores.to_dict()}
+        title = f"{args.data.name}, {protocol}"
+    else:
+        report = evaluate_end_to_end(args.data, config, progress=not args.no_progress)
+        print(report.summary())
+        document, scores = report.to_dict(), report.scores
+        title = f"{args.data.name}, end to end\nno face {100 * report.no_face_rate:.1f}%"
     if args.json:
-        atomic_write_bytes(args.json, payload)
+        atomic_write_json(args.json, document)
     if args.output:
+        write_report(args.output, document, scores, title)
         print(f"evaluate: wrote {args.output}/evaluation.json, confusion.png")
     return 0
 

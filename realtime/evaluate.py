@@ -10,16 +10,16 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from leaf_fer.common import ConfigError, atomic_write_bytes
+from leaf_fer.common import ConfigError, atomic_write_json
 from leaf_fer.engines import Predictor
 from leaf_fer.train.data import FaceData, labeled_files, load_npz, targets_for
 from leaf_fer.train.metrics import Scores, plot_confusion, score
@@ -135,7 +135,7 @@ def evaluate_end_to_end(data: str | Path, config: PipelineConfig | None = None, 
         per_image_ms=1e3 * float(np.median(elapsed)))
 
 
-def write_report(report: EndToEndReport, output: Path, title: str) -> None:
-    """``output``/evaluation.json and ``output``/confusion.png."""
-    atomic_write_bytes(output / "evaluation.json", json.dumps(report.to_dict(), indent=2).encode())
-    plot_confusion(report.scores, output / "confusion.png", f"{title}\nno face {100 * report.no_face_rate:.1f}%")
+def write_report(output: Path, document: dict[str, Any], scores: Scores, title: str) -> None:
+    """``output``/evaluation.json (``document``) and ``output``/confusion.png (``scores``)."""
+    atomic_write_json(output / "evaluation.json", document)
+    plot_confusion(scores, output / "confusion.png", title)
