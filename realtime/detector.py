@@ -38,6 +38,26 @@ YUNET_MOUTH_DROP = 0.125
 inter-ocular distances (medians over 200 faces both found, ``benchmarks/detectors.py``): YuNet's points are moved
 there, so the aligner (whose geometry was measured with MediaPipe) frames a face alike whichever detector found it."""
 KEYPOINT_NAMES: tuple[str, ...] = ("right_eye", "left_eye", "nose", "mouth", "right_ear", "left_ear")
+
+
+def detection_size(shape: tuple[int, ...], max_side: int) -> tuple[int, int] | None:
+    """The (width, height) an image of ``shape`` is shrunk to for detection, or None when it is detected as it is
+    (``max_side`` 0: always)."""
+    height, width = shape[:2]
+    if not max_side or max(height, width) <= max_side:
+        return None
+    scale = max(height, width) / max_side
+    return max(1, round(width / scale)), max(1, round(height / scale))
+
+
+def scaled_detection(detection: Detection, small: tuple[int, ...], full: tuple[int, ...]) -> Detection:
+    """``detection`` found on a downscaled copy of shape ``small``, in the pixels of the image of shape ``full``."""
+    height, width = full[:2]
+    sx, sy = width / small[1], height / small[0]
+    x1, y1, x2, y2 = detection.box
+    x1, y1 = min(max(x1 * sx, 0.0), width - 1.0), min(max(y1 * sy, 0.0), height - 1.0)
+    box = (x1, y1, min(max(x2 * sx, x1 + 1.0), float(width)), min(max(y2 * sy, y1 + 1.0), float(height)))
+    return Detection(box, detection.score, (detection.keypoints * np.array([sx, sy], np.float32)).astype(np.float32))
 WARMUP_CALLS = 8
 """Blank detections run while a model loads (stderr hidden): they take the first-call cost, and they make LiteRT's
 once-per-process "input tensor memory is not aligned" warning, which depends on where an image happens to be

@@ -98,14 +98,10 @@ def evaluate_end_to_end(data: str | Path, config: PipelineConfig | None = None, 
     own = pipeline is None
     pipeline = pipeline or Pipeline(config or PipelineConfig(draw=False))
     try:
-        model_classes = pipeline.classes
-        present = {FERPLUS_CLASSES[i] for i in labels}
-        shared = [i for i, name in enumerate(model_classes) if name in present or name in FERPLUS_CLASSES[:7]]
-        classes = tuple(model_classes[i] for i in shared) + (NO_FACE,)
-        truth, predicted, elapsed = [], [], []
+        _, classes = scored_classes(pipeline.classes, labels)
+        kept, probabilities, elapsed = [], [], []
         for file, label in tqdm(list(zip(files, labels)), desc=f"evaluate {Path(data).name}", disable=not progress):
-            name = FERPLUS_CLASSES[label]
-            if name not in classes:
+            if FERPLUS_CLASSES[label] not in classes:
                 continue
             image = cv2.imread(str(file), cv2.IMREAD_COLOR)
             if image is None:
@@ -114,25 +110,46 @@ def evaluate_end_to_end(data: str | Path, config: PipelineConfig | None = None, 
             start = time.perf_counter()
             result = pipeline.process(Frame(0, 0.0, image, str(file), still=True))
             elapsed.append(time.perf_counter() - start)
-            truth.append(classes.index(name))
-            if result.faces:
-                face = max(result.faces, key=lambda f: (f.detection.box[2] - f.detection.box[0]) *
-                           (f.detection.box[3] - f.detection.box[1]))
-                predicted.append(int(np.argmax(face.probabilities[shared])))
-            else:
-                predicted.append(len(classes) - 1)
+            kept.append(label)
+            face = max(result.faces, default=None, key=lambda f: (f.detection.box[2] - f.detection.box[0]) *
+                       (f.detection.box[3] - f.detection.box[1]))
+            probabilities.append(None if face is None else face.probabilities)
+        model_classes = pipeline.classes
     finally:
         if own:
             pipeline.close()
+    return report_from_answers(str(data), kept, probabilities, model_classes,
+                               per_image_ms=1e3 * float(np.median(elapsed)) if elapsed else float("nan"))
+
+
+def scored_classes(model_classes: tuple[str, ...], labels: list[int]) -> tuple[list[int], tuple[str, ...]]:
+    """The model's class indices an answer is chosen among (the seven basic ones and any other the labels hold),
+    and the scored class names: those, then ``no face``."""
+    present = {FERPLUS_CLASSES[i] for i in labels}
+    shared = [i for i, name in enumerate(model_classes) if name in present or name in FERPLUS_CLASSES[:7]]
+    return shared, tuple(model_classes[i] for i in shared) + (NO_FACE,)
+
+
+def report_from_answers(data: str, labels: list[int], probabilities: list[np.ndarray | None],
+                        model_classes: tuple[str, ...], per_image_ms: float = float("nan")) -> EndToEndReport:
+    """Scores of one answer per image (the model's probabilities, None where no face was found) against its label
+    (a FER+ class index); images whose class the model cannot answer are left out."""
+    shared, classes = scored_classes(model_classes, labels)
+    truth, predicted = [], []
+    for label, probs in zip(labels, probabilities):
+        if FERPLUS_CLASSES[label] not in classes:
+            continue
+        truth.append(classes.index(FERPLUS_CLASSES[label]))
+        predicted.append(len(classes) - 1 if probs is None else int(np.argmax(np.asarray(probs)[shared])))
     if not truth:
         raise ConfigError(f"{data}: no readable image with a class the model knows ({', '.join(model_classes)})")
     truth_array, predicted_array = np.array(truth), np.array(predicted)
     found = predicted_array != len(classes) - 1
     return EndToEndReport(
-        data=str(data), images=len(truth), no_face_rate=float(1 - found.mean()),
+        data=data, images=len(truth), no_face_rate=float(1 - found.mean()),
         scores=score(truth_array, predicted_array, classes),
         detected_scores=score(truth_array[found], predicted_array[found], classes),
-        per_image_ms=1e3 * float(np.median(elapsed)))
+        per_image_ms=per_image_ms)
 
 
 def write_report(output: Path, document: dict[str, Any], scores: Scores, title: str) -> None:

@@ -1,7 +1,8 @@
 """Model-size face crops from full-size images through the live pipeline's own detector and aligner, cached.
 
 Training on what the model sees at inference: each image goes through :class:`~.detector.CascadeDetector` (MediaPipe,
-then YuNet) and :func:`~.align.align_faces`, exactly as a still does in ``annotate``. The crops of a file list are
+then YuNet; a large image on a copy downscaled as the pipeline does) and :func:`~.align.align_faces`, exactly as a
+still does in ``annotate``. The crops of a file list are
 cached once in one npz, keyed by every file's SHA-256 and the detector and aligner settings.
 """
 
@@ -23,6 +24,7 @@ from leaf_fer.common import atomic_write_bytes, file_sha256
 
 from . import align, detector
 from .detector import CascadeDetector
+from .settings import PipelineConfig
 from .types import Detection
 
 CACHE_VERSION = 1
@@ -30,12 +32,14 @@ CACHE_VERSION = 1
 
 @dataclass(frozen=True)
 class CropSettings:
-    """What a crop depends on besides the image: the detector cascade and the aligner's geometry."""
+    """What a crop depends on besides the image: the detector cascade (as the live pipeline's defaults set it) and the
+    aligner's geometry."""
 
     size: int = 48
-    detector_range: str = "short"
-    fallback_detector: bool = True
-    min_detection_confidence: float = 0.5
+    detector_range: str = PipelineConfig.detector_range
+    fallback_detector: bool = PipelineConfig.fallback_detector
+    min_detection_confidence: float = PipelineConfig.min_detection_confidence
+    detect_max_side: int = PipelineConfig.detect_max_side
 
     def key(self) -> str:
         geometry = (align.EYE_CENTER, align.EYE_DISTANCE, align.EYE_MOUTH_DISTANCE, align.BOX_WIDTH, align.BOX_CENTER_Y,
@@ -84,7 +88,11 @@ class FaceCropper:
     def crop(self, image: np.ndarray, box: Box | None = None) -> np.ndarray | None:
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        detections = self.detector.detect(np.ascontiguousarray(image[:, :, ::-1]))
+        size = detector.detection_size(image.shape, self.settings.detect_max_side)
+        small = image if size is None else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        detections = self.detector.detect(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
+        if size is not None:
+            detections = [detector.scaled_detection(d, small.shape, image.shape) for d in detections]
         face = best_face(detections, box) if detections else None
         if box is not None and (face is None or not _overlaps(face.box, box)):
             face = Detection(box=box, score=0.0)

@@ -25,13 +25,13 @@ from .annotators import (
     LabelAnnotator,
     ProbabilityBarsAnnotator,
 )
-from .detector import CascadeDetector
+from .detector import CascadeDetector, detection_size, scaled_detection
 from .settings import PipelineConfig
 from .smoothing import ProbabilitySmoother
 from .tracker import Tracker
 from .types import Detection, FacePrediction, Frame, FrameResult, StageTimings
 
-__all__ = ["Overlay", "Pipeline", "PipelineConfig", "create_predictor", "scaled_detection"]
+__all__ = ["Overlay", "Pipeline", "PipelineConfig", "create_predictor"]
 
 
 def create_predictor(config: PipelineConfig) -> Predictor:
@@ -59,16 +59,6 @@ class Overlay:
         for annotator in self.annotators:
             scene = annotator.annotate(scene, result)
         return scene
-
-
-def scaled_detection(detection: Detection, small: tuple[int, ...], width: int, height: int) -> Detection:
-    """``detection`` found on a downscaled copy of shape ``small``, in the pixels of the ``width`` x ``height``
-    frame."""
-    sx, sy = width / small[1], height / small[0]
-    x1, y1, x2, y2 = detection.box
-    x1, y1 = min(max(x1 * sx, 0.0), width - 1.0), min(max(y1 * sy, 0.0), height - 1.0)
-    box = (x1, y1, min(max(x2 * sx, x1 + 1.0), float(width)), min(max(y2 * sy, y1 + 1.0), float(height)))
-    return Detection(box, detection.score, (detection.keypoints * np.array([sx, sy], np.float32)).astype(np.float32))
 
 
 class Pipeline:
@@ -133,20 +123,17 @@ class Pipeline:
             raise ValueError(f"expected a BGR uint8 frame [H, W, 3], got {image.dtype} {image.shape}")
         timings = StageTimings(decode_ms=frame.decode_ms)
         t0 = time.perf_counter()
-        height, width = image.shape[:2]
-        limit = self.config.detect_max_side
-        scale = max(height, width) / limit if limit and max(height, width) > limit else 1.0
+        size = detection_size(image.shape, self.config.detect_max_side)
         small = image
-        if scale > 1.0:
-            size = (max(1, round(width / scale)), max(1, round(height / scale)))
+        if size is not None:
             small = self._buffer("_small", (size[1], size[0], 3))
             cv2.resize(image, size, dst=small, interpolation=cv2.INTER_AREA)
         rgb = self._buffer("_rgb", small.shape)
         cv2.cvtColor(small, cv2.COLOR_BGR2RGB, dst=rgb)
         timestamp_ms = None if frame.still else int(round(frame.timestamp_s * 1000.0))
         detections = self.detector.detect(rgb, timestamp_ms)
-        if scale > 1.0:
-            detections = [scaled_detection(d, small.shape, width, height) for d in detections]
+        if size is not None:
+            detections = [scaled_detection(d, small.shape, image.shape) for d in detections]
         t1 = time.perf_counter()
         if frame.still:
             self.reset()

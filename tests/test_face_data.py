@@ -67,15 +67,19 @@ def test_full_size_images_are_detected_aligned_and_cached(tmp_path: Path, face_f
 
 
 def test_crop_matches_the_live_pipeline(face_frame: np.ndarray) -> None:
+    """Default crop settings are the pipeline's defaults: the same crop, pixel for pixel, also for a frame large enough
+    to be detected on a downscaled copy."""
     from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
     from leaf_fer.realtime.types import Frame
 
-    cropper = FaceCropper(CropSettings(min_detection_confidence=0.65))
-    crop = cropper.crop(face_frame)
+    large = cv2.resize(face_frame, None, fx=2.5, fy=2.5, interpolation=cv2.INTER_CUBIC)
+    assert max(large.shape) > PipelineConfig().detect_max_side
+    cropper = FaceCropper()
+    crops = [cropper.crop(frame) for frame in (face_frame, large)]
     cropper.close()
     with Pipeline(PipelineConfig(draw=False)) as pipeline:
-        live = pipeline.process(Frame(0, 0.0, face_frame, still=True)).crops[0]
-    np.testing.assert_array_equal(crop, live)
+        for frame, crop in zip((face_frame, large), crops):
+            np.testing.assert_array_equal(crop, pipeline.process(Frame(0, 0.0, frame, still=True)).crops[0])
 
 
 def test_labels_csv_mixes_the_label_with_vote_shares(tmp_path: Path, face_frame: np.ndarray, cache: Path) -> None:

@@ -153,6 +153,75 @@ def test_logit_adjustment_shifts_the_training_loss_only():
         adjusted.labeled_loss(logits[:1], common) - plain.labeled_loss(logits[:1], common)
 
 
+def test_keep_last_writes_the_final_model_also_for_a_finished_run(train_npz, publictest_npz, tmp_path):
+    from safetensors.torch import load_file
+
+    config = tiny_config(train_npz, publictest_npz, tmp_path / "run", epochs=3, lr=0.05)
+    best = train(config, progress=False)
+    assert load_weights(tmp_path / "run" / "model.safetensors")[1].training["epoch"] == best["best_epoch"]
+    config.keep = "last"
+    last = train(config, progress=False)
+    assert last["kept_epoch"] == 3 and last["history"] == best["history"], "a finished run is not trained again"
+    saved, metadata = load_weights(tmp_path / "run" / "model.safetensors")
+    state = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    teacher = {k[len("teacher."):]: v for k, v in load_file(str(tmp_path / "run" / state["tensors"])).items()
+               if k.startswith("teacher.")}
+    assert metadata.training["epoch"] == 3
+    assert all(torch.equal(tensor, teacher[name]) for name, tensor in saved.state_dict().items())
+    assert metadata.metrics["validation"]["accuracy"] == pytest.approx(last["kept_accuracy"])
+
+
+def test_mixup_blends_faces_and_targets_keeping_each_face_dominant():
+    from leaf_fer.train.algorithms import Batch, Supervised
+    from leaf_fer.train.model import LeafNet, ModelConfig
+
+    net = LeafNet(ModelConfig(backbone="resnet-xs"))
+    identity = lambda x: x  # noqa: E731
+    images = torch.rand(64, 1, 48, 48)
+    batch = Batch(images, torch.eye(8)[torch.arange(64) % 8])
+    plain_images, plain_targets = Supervised(net, 8, labeled_view=identity).labeled_inputs(batch)
+    assert torch.equal(plain_images, images) and torch.equal(plain_targets, batch.targets)
+    torch.manual_seed(0)
+    mixed_images, mixed_targets = Supervised(net, 8, labeled_view=identity, mixup=0.4).labeled_inputs(batch)
+    torch.testing.assert_close(mixed_targets.sum(dim=1), torch.ones(64))
+    own = mixed_targets[torch.arange(64), torch.arange(64) % 8]
+    assert (own >= 0.5).all() and (own < 0.99).any(), "each face keeps the larger share; some are blended"
+    assert mixed_images.min() >= 0 and mixed_images.max() <= 1 and not torch.equal(mixed_images, images)
+
+
+def test_weight_ensemble_saves_the_validated_mix_of_teacher_and_initial_weights(train_npz, publictest_npz, tmp_path):
+    from safetensors.torch import load_file
+
+    from leaf_fer.train.weights import mix_weights
+
+    train(tiny_config(train_npz, publictest_npz, tmp_path / "start"), progress=False)
+    start = tmp_path / "start" / "model.safetensors"
+    config = tiny_config(train_npz, publictest_npz, tmp_path / "mixed", init_weights=str(start), weight_ensemble=0.25,
+                         lr=0.05)
+    train(config, progress=False)
+    initial, _ = load_weights(start)
+    saved, metadata = load_weights(tmp_path / "mixed" / "model.safetensors")
+    state = json.loads((tmp_path / "mixed" / "checkpoint.json").read_text())
+    tensors = load_file(str(tmp_path / "mixed" / state["tensors"]))
+    teacher, _ = load_weights(start)
+    teacher.load_state_dict({k[len("teacher."):]: v for k, v in tensors.items() if k.startswith("teacher.")})
+    expected = mix_weights(teacher, initial, 0.25).state_dict()
+    weight = "classifier.weight"
+    assert not torch.allclose(teacher.state_dict()[weight], initial.state_dict()[weight], atol=1e-4)
+    for name, tensor in saved.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name])
+    assert metadata.training["config"]["weight_ensemble"] == 0.25
+    config.keep, config.weight_ensemble = "last", 1.0
+    train(config, progress=False)
+    unmixed, _ = load_weights(tmp_path / "mixed" / "model.safetensors")
+    assert unmixed.state_dict()[weight].equal(teacher.state_dict()[weight]), "a finished run rewrites its model only"
+    assert mix_weights(teacher, initial, 1.0).state_dict()[weight].equal(teacher.state_dict()[weight])
+    with pytest.raises(ValueError, match="init-weights"):
+        tiny_config(train_npz, publictest_npz, tmp_path, weight_ensemble=0.5).validate()
+    with pytest.raises(ValueError, match="weight ensemble"):
+        tiny_config(train_npz, publictest_npz, tmp_path, init_weights=str(start), weight_ensemble=0.0).validate()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here): augmentations on a CUDA batch")
 def test_augmentations_stay_on_the_batch_device():
     from leaf_fer.train.augment import domain_augment, strong_augment, weak_augment

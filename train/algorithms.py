@@ -48,12 +48,13 @@ class Algorithm:
     threshold_floor = 0.8
 
     def __init__(self, net: LeafNet, num_classes: int, autocast: bool = True, confidence_ceiling: float = 1.0,
-                 logit_adjustment: torch.Tensor | None = None, labeled_view=weak_augment) -> None:
+                 logit_adjustment: torch.Tensor | None = None, labeled_view=weak_augment, mixup: float = 0.0) -> None:
         if not 0.0 < confidence_ceiling <= 1.0:
             raise ConfigError(f"confidence ceiling must be in (0, 1], got {confidence_ceiling}")
         self.net = net
         self.logit_adjustment = logit_adjustment
         self.labeled_view = labeled_view
+        self.mixup = mixup
         self.num_classes = num_classes
         self.autocast = autocast
         self.confidence_ceiling = confidence_ceiling
@@ -78,6 +79,18 @@ class Algorithm:
         finally:
             for m, momentum in zip(self.batch_norms, momenta):
                 m.momentum = momentum
+
+    def labeled_inputs(self, labeled: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The labeled view and its targets; with ``mixup`` α > 0 each face is blended with another face of the batch
+        and its target alike (Zhang et al. 2018), λ ~ Beta(α, α) per face with the larger share kept on the face."""
+        images, targets = self.labeled_view(labeled.images), labeled.targets
+        if self.mixup > 0:
+            share = torch.distributions.Beta(self.mixup, self.mixup).sample((len(images),)).to(images.device)
+            share = torch.maximum(share, 1 - share)
+            other = torch.randperm(len(images), device=images.device)
+            images = share.view(-1, 1, 1, 1) * images + (1 - share.view(-1, 1, 1, 1)) * images[other]
+            targets = share[:, None] * targets + (1 - share[:, None]) * targets[other]
+        return images, targets
 
     def labeled_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Soft-target cross-entropy; with ``logit_adjustment`` (τ·log prior, Menon et al. 2021) added to the logits
@@ -113,8 +126,9 @@ class Supervised(Algorithm):
     name = "supervised"
 
     def train_step(self, labeled: Batch, unlabeled: Batch | None) -> StepResult:
-        out = self.forward(self.labeled_view(labeled.images))
-        loss = self.labeled_loss(out.logits, labeled.targets)
+        images, targets = self.labeled_inputs(labeled)
+        out = self.forward(images)
+        loss = self.labeled_loss(out.logits, targets)
         return StepResult(loss, scalars(loss_x=loss))
 
 
@@ -129,10 +143,11 @@ class FixMatch(Algorithm):
     def train_step(self, labeled: Batch, unlabeled: Batch | None) -> StepResult:
         assert unlabeled is not None
         n_l = len(labeled.images)
-        out = self.forward(torch.cat([self.labeled_view(labeled.images), weak_augment(unlabeled.images)]))
+        images, targets = self.labeled_inputs(labeled)
+        out = self.forward(torch.cat([images, weak_augment(unlabeled.images)]))
         logits_l, logits_w = out.logits[:n_l], out.logits[n_l:]
         logits_s = self.forward_strong(strong_augment(unlabeled.images)).logits
-        loss_x = self.labeled_loss(logits_l, labeled.targets)
+        loss_x = self.labeled_loss(logits_l, targets)
         probs = torch.softmax(logits_w.detach().float(), dim=-1)
         confidence, pseudo = probs.max(dim=-1)
         mask = (confidence >= self.fixed_threshold * self.confidence_ceiling).float()
@@ -171,8 +186,8 @@ class Leaf(Algorithm):
                  category_level: bool = True, weight_x: float = LEAF_LABELED_WEIGHT, weight_u: float = 1.0,
                  weight_s: float = LEAF_CONTRASTIVE_WEIGHT, temperature: float = LEAF_CONTRASTIVE_TEMPERATURE,
                  labeled_prior: torch.Tensor | None = None, rank_below_threshold: bool = False,
-                 logit_adjustment: torch.Tensor | None = None, labeled_view=weak_augment) -> None:
-        super().__init__(net, num_classes, autocast, confidence_ceiling, logit_adjustment, labeled_view)
+                 logit_adjustment: torch.Tensor | None = None, labeled_view=weak_augment, mixup: float = 0.0) -> None:
+        super().__init__(net, num_classes, autocast, confidence_ceiling, logit_adjustment, labeled_view, mixup)
         self.category_level = category_level
         self.rank_below_threshold = rank_below_threshold
         self.labeled_prior = None if labeled_prior is None else labeled_prior.float() / labeled_prior.sum()
@@ -183,13 +198,14 @@ class Leaf(Algorithm):
     def train_step(self, labeled: Batch, unlabeled: Batch | None) -> StepResult:
         assert unlabeled is not None
         n_l, n_u = len(labeled.images), len(unlabeled.images)
-        weak = [self.labeled_view(labeled.images), weak_augment(unlabeled.images), weak_augment(unlabeled.images)]
+        images, targets = self.labeled_inputs(labeled)
+        weak = [images, weak_augment(unlabeled.images), weak_augment(unlabeled.images)]
         out = self.forward(torch.cat(weak))
         logits_l = out.logits[:n_l]
         logits_w1, logits_w2 = out.logits[n_l:].split(n_u)
         emb_w1, emb_w2 = out.embedding[n_l:].split(n_u)
         logits_s = self.forward_strong(strong_augment(unlabeled.images)).logits
-        loss_x = self.labeled_loss(logits_l, labeled.targets)
+        loss_x = self.labeled_loss(logits_l, targets)
         probs = (torch.softmax(logits_w1.detach().float(), -1) + torch.softmax(logits_w2.detach().float(), -1)) / 2
         if self.labeled_prior is not None:
             probs = self.align(probs)

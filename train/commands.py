@@ -24,6 +24,12 @@ OPTION_HELP = {
     "extra_data": "further labeled sets in any --data format, each PATH or PATH@WEIGHT (draws per face per epoch)",
     "init_weights": "start from these weights (.safetensors of the same network) instead of from scratch",
     "logit_adjustment": "τ of the logit-adjusted loss against the class prior (0: off; 1: balanced-error optimal)",
+    "mixup": "α of Mixup on the labeled view: faces and targets blended with another of the batch, λ ~ Beta(α, α) "
+             "(0: off)",
+    "keep": "which epoch's model model.safetensors holds: best (on validation) or last; a finished run given last "
+            "(or another --weight-ensemble) writes its final model without training again",
+    "weight_ensemble": "the fine-tuned weights' share in model.safetensors, the rest from --init-weights (WiSE-FT; "
+                       "1: fine-tuned only); validation scores and selects the mixed model",
     "posed_label_weight": "labels CSVs with vote shares: the weight of the file's label against the observers' votes",
     "domain_augment": "labeled view with illumination, low resolution, noise, occluders and wider framing jitter",
     "ferplus_csv": "fer2013new.csv (FER+ votes) to pair with fer2013.csv",
@@ -99,6 +105,6 @@ def run_train(args: argparse.Namespace) -> int:
 
     result = train(load_train_config(args), restart=args.restart, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"best validation accuracy {100 * result['best_accuracy']:.2f}% at epoch {result['best_epoch']}; "
-              f"weights: {result['weights']}")
+        print(f"{result['kept']} epoch {result['kept_epoch']}: validation accuracy {100 * result['kept_accuracy']:.2f}% "
+              f"(best {100 * result['best_accuracy']:.2f}% at epoch {result['best_epoch']}); weights: {result['weights']}")
     return 0

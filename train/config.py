@@ -18,6 +18,11 @@ CLASS_SETS = {"ferplus": FERPLUS_CLASSES, "fer2013": FER2013_CLASSES}
 PRECISIONS = ("auto", "bf16", "fp32")
 PLACEMENT_OPTIONS = ("output", "device", "threads", "precision")
 """Where and how fast a run trains, not what it computes (bf16 autocast changes its rounding, not its recipe)."""
+KEEP = ("best", "last")
+"""Which epoch's model ``model.safetensors`` holds: the best on validation, or the last (written when the run ends)."""
+OUTPUT_OPTIONS = ("keep", "weight_ensemble")
+"""What ``model.safetensors`` holds, not how the run trains: a finished run given other values writes its model again
+(with ``keep: last``) without training again."""
 LEAF_LABELED_WEIGHT = 2.0
 LEAF_CONTRASTIVE_WEIGHT = 0.0
 LEAF_CONTRASTIVE_TEMPERATURE = 0.07
@@ -71,6 +76,9 @@ class TrainConfig:
     logit_adjustment: float = 0.0
     domain_augment: bool = False
     posed_label_weight: float = POSED_LABEL_WEIGHT
+    weight_ensemble: float = 1.0
+    mixup: float = 0.0
+    keep: str = "best"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -100,6 +108,14 @@ class TrainConfig:
             split_extra(spec)
         if self.logit_adjustment < 0:
             raise ConfigError(f"logit adjustment must be ≥ 0, got {self.logit_adjustment}")
+        if self.keep not in KEEP:
+            raise ConfigError(f"unknown keep {self.keep!r}; choose from {list(KEEP)}")
+        if self.mixup < 0:
+            raise ConfigError(f"mixup must be ≥ 0, got {self.mixup}")
+        if not 0 < self.weight_ensemble <= 1:
+            raise ConfigError(f"weight ensemble must be in (0, 1], got {self.weight_ensemble}")
+        if self.weight_ensemble < 1 and not self.init_weights:
+            raise ConfigError("a weight ensemble below 1 mixes in the initial weights: give --init-weights")
 
     def model_config(self) -> ModelConfig:
         classes = CLASS_SETS[self.classes]

@@ -25,11 +25,11 @@ from leaf_fer.common import ConfigError, LeafFerError, atomic_write_bytes, file_
 
 from .algorithms import ALGORITHMS, Algorithm, Batch
 from .augment import domain_augment, weak_augment
-from .config import CLASS_SETS, PLACEMENT_OPTIONS, TrainConfig, split_extra
+from .config import CLASS_SETS, OUTPUT_OPTIONS, PLACEMENT_OPTIONS, TrainConfig, split_extra
 from .data import load_dataset, load_unlabeled_faces, stratified_fraction, targets_for
 from .metrics import Scores, plot_confusion, plot_curves, score
 from .model import LeafNet, count_parameters
-from .weights import WeightsMetadata, load_weights, save_weights
+from .weights import WeightsMetadata, load_weights, mix_weights, save_weights
 
 THRESHOLD_SAMPLE = 4096  # labeled faces the teacher scores after each epoch to set the class-adaptive thresholds
 
@@ -334,6 +334,8 @@ class _TrainingRun:
     steps_per_epoch: int
     checkpoint: Checkpoint
     state: dict[str, Any]
+    initial: LeafNet | None
+    """The initial weights to mix into the validated and saved model (``weight_ensemble`` below 1), else None."""
 
     @property
     def total_steps(self) -> int:
@@ -353,7 +355,12 @@ def _train(config: TrainConfig, device: torch.device, restart: bool, progress: b
             _evaluate_and_checkpoint(run, epoch, train_loss, logs, started)
         if run.distributed:
             _share_running_state(run)
+    if run.rank == 0 and config.keep == "last":
+        _save_last(run)
+    kept_epoch = run.state.get("kept_epoch", run.state.get("best_epoch"))
     return {"best_accuracy": run.state["best_accuracy"], "best_epoch": run.state.get("best_epoch"),
+            "kept": config.keep, "kept_epoch": kept_epoch,
+            "kept_accuracy": run.state.get("kept_accuracy", run.state["best_accuracy"]),
             "elapsed_s": run.state["elapsed_s"], "weights": str(run.output / "model.safetensors"),
             "history": run.state["history"]}
 
@@ -384,6 +391,7 @@ def _set_up(config: TrainConfig, device: torch.device, restart: bool) -> _Traini
         steps_per_epoch=config.iterations_per_epoch or max(1, epoch_draws // config.batch_size),
         checkpoint=Checkpoint(output),
         state={"epoch": 0, "step": 0, "best_accuracy": -1.0, "history": [], "elapsed_s": 0.0},
+        initial=load_weights(config.init_weights)[0].to(device) if config.weight_ensemble < 1 else None,
     )
     if run.checkpoint.exists() and not restart:
         _resume(run)
@@ -479,7 +487,8 @@ def _evaluate_and_checkpoint(run: _TrainingRun, epoch: int, train_loss: float, l
     config, state, output = run.config, run.state, run.output
     if run.algorithm.uses_unlabeled:
         refresh_thresholds(run.algorithm, run.teacher.model, run.splits)
-    scores = evaluate_split(run.teacher.model, run.splits.val_images, run.splits.val_hard)
+    model = _deployed(run)
+    scores = evaluate_split(model, run.splits.val_images, run.splits.val_hard)
     elapsed = time.perf_counter() - started
     state["elapsed_s"] += elapsed
     record = {"epoch": epoch + 1, "train_loss": train_loss, "val_accuracy": scores.accuracy,
@@ -490,14 +499,29 @@ def _evaluate_and_checkpoint(run: _TrainingRun, epoch: int, train_loss: float, l
     if scores.accuracy > state["best_accuracy"]:
         state["best_accuracy"] = scores.accuracy
         state["best_epoch"] = epoch + 1
-        _save_model(run.teacher.model, output / "model.safetensors", config, run.splits, scores, state, run.precision)
-        plot_confusion(scores, output / "confusion.png", f"{config.method} (EMA teacher), validation, epoch {epoch + 1}")
+        if config.keep == "best":
+            _save_model(run, model, scores, epoch + 1)
     state["epoch"] = epoch + 1
     state.update(run.algorithm.running_state())
     state["config"] = asdict(config)
     run.checkpoint.save(run.student, run.teacher, run.optimizer, state)
     write_log(run.log_path, state["history"])
     plot_curves(state["history"], output / "curves.png")
+
+
+def _deployed(run: _TrainingRun) -> LeafNet:
+    """What ``model.safetensors`` would hold now: the EMA teacher, mixed with the initial weights when asked."""
+    if run.initial is None:
+        return run.teacher.model
+    return mix_weights(run.teacher.model, run.initial, run.config.weight_ensemble)
+
+
+def _save_last(run: _TrainingRun) -> None:
+    """``keep: last``: the final model, validated and saved when the run ends (also for a run finished earlier)."""
+    model = _deployed(run)
+    scores = evaluate_split(model, run.splits.val_images, run.splits.val_hard)
+    run.state["kept_epoch"], run.state["kept_accuracy"] = run.state["epoch"], scores.accuracy
+    _save_model(run, model, scores, run.state["epoch"])
 
 
 def _share_running_state(run: _TrainingRun) -> None:
@@ -512,9 +536,9 @@ def _share_running_state(run: _TrainingRun) -> None:
 
 def _run_identity(config: dict[str, Any]) -> dict[str, Any]:
     """The options that define a run (options added since it was saved take their defaults); where and how fast it
-    runs may change across a resume."""
+    runs, and what its model file holds, may change across a resume."""
     full = asdict(TrainConfig()) | config
-    return {k: v for k, v in full.items() if k not in PLACEMENT_OPTIONS}
+    return {k: v for k, v in full.items() if k not in (*PLACEMENT_OPTIONS, *OUTPUT_OPTIONS)}
 
 
 def confidence_ceiling(config: TrainConfig, labeled_targets: torch.Tensor) -> float:
@@ -532,6 +556,7 @@ def make_algorithm(config: TrainConfig, net: LeafNet, labeled_targets: torch.Ten
     ceiling = confidence_ceiling(config, labeled_targets)
     shared = {"autocast": autocast, "confidence_ceiling": ceiling,
               "labeled_view": domain_augment if config.domain_augment else weak_augment,
+              "mixup": config.mixup,
               "logit_adjustment": (config.logit_adjustment * training_prior(labeled_targets, labeled_weights).log()
                                    if config.logit_adjustment else None)}
     if config.method == "leaf":
@@ -549,21 +574,25 @@ def training_prior(labeled_targets: torch.Tensor, labeled_weights: np.ndarray | 
     return prior.clamp_min(1e-4)
 
 
-def _save_model(net: LeafNet, path: Path, config: TrainConfig, splits: Splits, scores: Scores, state: dict[str, Any],
-                precision: str) -> None:
+def _save_model(run: _TrainingRun, net: LeafNet, scores: Scores, epoch: int) -> None:
+    """``model.safetensors`` with its metadata and the validation confusion matrix of epoch ``epoch``."""
+    config, state = run.config, run.state
     metadata = WeightsMetadata(
         model=net.config,
         training={
             "config": asdict(config),
-            "epoch": state["epoch"] + 1,
+            "epoch": epoch,
             "steps": state["step"],
             "train_seconds": round(state["elapsed_s"], 1),
             "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-            "precision": precision,
-            "labeled": len(splits.labeled_images),
-            "unlabeled": len(splits.unlabeled_images),
+            "precision": run.precision,
+            "labeled": len(run.splits.labeled_images),
+            "unlabeled": len(run.splits.unlabeled_images),
         },
         metrics={"validation": scores.to_dict()},
-        data_hash=splits.data_hash,
+        data_hash=run.splits.data_hash,
     )
-    save_weights(net, path, metadata)
+    save_weights(net, run.output / "model.safetensors", metadata)
+    mixed = "" if run.initial is None else f" {config.weight_ensemble:g} + initial weights {1 - config.weight_ensemble:g}"
+    plot_confusion(scores, run.output / "confusion.png",
+                   f"{config.method} (EMA teacher{mixed}), validation, epoch {epoch}")

@@ -138,6 +138,18 @@ def load_weights(path: str | os.PathLike[str] | None = None) -> tuple["LeafNet",
     return net.eval(), metadata
 
 
+def mix_weights(finetuned: "LeafNet", init: "LeafNet", alpha: float) -> "LeafNet":
+    """A weight-space ensemble (WiSE-FT, Wortsman et al. 2022): a copy of ``finetuned`` whose floating-point tensors
+    are ``alpha`` · fine-tuned + (1 − alpha) · ``init`` (the weights it was fine-tuned from); counters stay as they are."""
+    import copy
+
+    mixed = copy.deepcopy(finetuned)
+    start = init.state_dict()
+    mixed.load_state_dict({name: alpha * tensor + (1 - alpha) * start[name].to(tensor) if tensor.is_floating_point()
+                           else tensor for name, tensor in finetuned.state_dict().items()})
+    return mixed
+
+
 def model_hash(path: str | os.PathLike[str]) -> str:
     """Short content hash used to key compiled artifacts."""
     return file_sha256(path)[:16]

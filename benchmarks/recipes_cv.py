@@ -1,0 +1,154 @@
+"""Training recipes side by side by cross-validation by performer, and their weight-space ensembles (WiSE-FT).
+
+For each recipe (``NAME=PATTERN``, ``{fold}`` in the pattern naming fold K's model), each mixing share α and each
+fold K, the model α · fold-K model + (1 − α) · initial weights is scored on TCCE fold K's held-out performers and on
+the held-out contempt photos, end to end on the crops of the live detector cascade + aligner (cached, pixel for pixel
+what the pipeline classifies; no face counts as a miss), and on FER+ PublicTest (majority, 8 classes). α = 1 is the
+fine-tuned model, α = 0 the initial one. Numbers are means over the folds. Writes
+OUTPUT/{results.json,results.md,tradeoff.png}.
+
+    python benchmarks/recipes_cv.py --recipes 'default=runs/cvA{fold}/model.safetensors' \
+        --alphas 0 0.5 0.6 0.7 0.8 0.9 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from leaf_fer.common import atomic_write_bytes, new_figure
+from leaf_fer.realtime.evaluate import report_from_answers
+from leaf_fer.realtime.face_crops import crop_files
+from leaf_fer.train.data import labeled_files, load_npz, targets_for
+from leaf_fer.train.metrics import save_figure
+from leaf_fer.train.trainer import predict_probabilities
+from leaf_fer.train.weights import load_weights, mix_weights
+
+FOCUS = ("anger", "disgust", "fear")
+
+
+class LabeledCrops:
+    """One labeled image set's face crops (the live detector cascade + aligner) with their labels."""
+
+    def __init__(self, path: Path) -> None:
+        files, self.labels = labeled_files(path)
+        faces = crop_files(files, progress=False)
+        self.path, self.crops, self.found = str(path), torch.from_numpy(faces.crops), faces.found
+
+    def report(self, net):
+        probabilities = predict_probabilities(net, self.crops)
+        answers = [p if found else None for p, found in zip(probabilities, self.found)]
+        return report_from_answers(self.path, self.labels, answers, net.config.classes)
+
+
+def publictest_accuracy(net, images: torch.Tensor, hard: np.ndarray) -> float:
+    return float((predict_probabilities(net, images).argmax(axis=1) == hard).mean())
+
+
+def measure(pattern: str, init, alphas: list[float], folds: list[int], splits: Path, contempt: LabeledCrops,
+            publictest: tuple[torch.Tensor, np.ndarray]) -> list[dict[str, object]]:
+    tcce = {fold: LabeledCrops(splits / f"tcce_fold{fold}_test.csv") for fold in folds}
+    finetuned = {fold: load_weights(pattern.format(fold=fold))[0] for fold in folds}
+    rows = []
+    for alpha in alphas:
+        per_fold = []
+        for fold in folds:
+            net = mix_weights(finetuned[fold], init, alpha)
+            report = tcce[fold].report(net)
+            per_fold.append({"fold": fold, "accuracy": report.scores.accuracy, "macro_recall": report.macro_recall,
+                             "per_class_recall": report.scores.per_class_recall,
+                             "contempt_recall": contempt.report(net).scores.per_class_recall["contempt"],
+                             "publictest": publictest_accuracy(net, *publictest)})
+        means = {key: float(np.mean([row[key] for row in per_fold]))
+                 for key in ("accuracy", "macro_recall", "contempt_recall", "publictest")}
+        rows.append({"alpha": alpha, **means, "folds": per_fold,
+                     "per_class_recall": {name: float(np.mean([row["per_class_recall"][name] for row in per_fold]))
+                                          for name in per_fold[0]["per_class_recall"]}})
+    return rows
+
+
+def markdown(results: dict[str, list[dict]], command: str) -> str:
+    lines = ["# Training recipes by cross-validation, and their weight-space ensembles (WiSE-FT)", "",
+             f"`{command}`", "",
+             ("Means over the folds; TCCE: each fold model on its own held-out performers, end to end (no face counts "
+              "as a miss); contempt: held-out web photos; PublicTest: FER+ majority, 8 classes. α = 1: the fine-tuned "
+              "models; α = 0: the initial weights."), "",
+             "| recipe | α | TCCE accuracy | TCCE macro recall | " + " | ".join(f"TCCE {c}" for c in FOCUS)
+             + " | contempt recall | PublicTest |", "|---|---|" + "---|" * (4 + len(FOCUS))]
+    for name, rows in results.items():
+        for row in rows:
+            cells = [row["accuracy"], row["macro_recall"], *(row["per_class_recall"][c] for c in FOCUS),
+                     row["contempt_recall"], row["publictest"]]
+            lines.append(f"| {name} | {row['alpha']:g} | " + " | ".join(f"{100 * v:.1f}%" for v in cells[:-1])
+                         + f" | {100 * cells[-1]:.2f}% |")
+    lines += ["", "Per fold, the fine-tuned models (α = 1): TCCE macro recall / fear recall / PublicTest, %:", "",
+              "| recipe | " + " | ".join(f"fold {row['fold']}" for row in next(iter(results.values()))[0]["folds"])
+              + " |", "|---|" + "---|" * len(next(iter(results.values()))[0]["folds"])]
+    for name, rows in results.items():
+        for row in rows:
+            if row["alpha"] == 1:
+                lines.append(f"| {name} | " + " | ".join(
+                    f"{100 * f['macro_recall']:.1f} / {100 * f['per_class_recall']['fear']:.1f} / "
+                    f"{100 * f['publictest']:.2f}" for f in row["folds"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, list[dict]], path: Path) -> None:
+    fig = new_figure(6.5, 4.5)
+    ax = fig.add_subplot()
+    for name, rows in results.items():
+        x = [100 * row["publictest"] for row in rows]
+        y = [100 * row["macro_recall"] for row in rows]
+        ax.plot(x, y, "o-", label=name)
+        for row, xi, yi in zip(rows, x, y):
+            ax.annotate(f"α={row['alpha']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("FER+ PublicTest accuracy (%)")
+    ax.set_ylabel("TCCE held-out macro recall (%)")
+    ax.set_title("Fine-tuned ↔ initial weights")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", nargs="+", required=True, metavar="NAME=PATTERN",
+                        help="fold models, {fold} in the pattern")
+    parser.add_argument("--init", type=Path, default=Path("train/weights/fer2013_base.safetensors"))
+    parser.add_argument("--alphas", nargs="+", type=float, default=[0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--splits", type=Path, default=Path("runs/splits"))
+    parser.add_argument("--contempt", type=Path, default=Path("runs/splits/contempt_test.csv"))
+    parser.add_argument("--publictest", type=Path, default=Path("../shared/data/fer2013_publictest.npz"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", type=Path, default=Path("reports/recipes_cv"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    init, metadata = load_weights(args.init)
+    data = load_npz(args.publictest)
+    targets = targets_for(data, metadata.model.classes)
+    rows = np.flatnonzero(targets.hard >= 0)
+    publictest = torch.from_numpy(np.ascontiguousarray(data.images[rows])), targets.hard[rows]
+    contempt = LabeledCrops(args.contempt)
+    results = {}
+    for spec in args.recipes:
+        name, _, pattern = spec.partition("=")
+        results[name] = measure(pattern, init, args.alphas, args.folds, args.splits, contempt, publictest)
+        print(f"{name}: " + "; ".join(f"α={r['alpha']:g} macro recall {100 * r['macro_recall']:.1f}% "
+                                      f"PublicTest {100 * r['publictest']:.2f}%" for r in results[name]), flush=True)
+    command = "python benchmarks/recipes_cv.py --recipes " + " ".join(f"'{r}'" for r in args.recipes) + \
+              " --alphas " + " ".join(f"{a:g}" for a in args.alphas)
+    args.output.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.output / "results.json", json.dumps(
+        {"command": command, "init": str(args.init), "folds": args.folds, "results": results}, indent=2).encode())
+    atomic_write_bytes(args.output / "results.md", markdown(results, command).encode())
+    plot(results, args.output / "tradeoff.png")
+    print(f"wrote {args.output}/results.md")
+
+
+if __name__ == "__main__":
+    main()
