@@ -105,6 +105,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     result = train(load_train_config(args), restart=args.restart, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"{result['kept']} epoch {result['kept_epoch']}: validation accuracy {100 * result['kept_accuracy']:.2f}% "
-              f"(best {100 * result['best_accuracy']:.2f}% at epoch {result['best_epoch']}); weights: {result['weights']}")
+        best = f"best validation accuracy {100 * result['best_accuracy']:.2f}% at epoch {result['best_epoch']}"
+        if result["kept"] == "last":
+            best = (f"last epoch {result['kept_epoch']}: validation accuracy {100 * result['kept_accuracy']:.2f}% "
+                    f"({best})")
+        print(f"{best}; weights: {result['weights']}")
     return 0
