@@ -25,7 +25,7 @@ from leaf_fer.realtime.evaluate import report_from_answers
 from leaf_fer.realtime.face_crops import crop_files
 from leaf_fer.train.data import labeled_files, load_npz, targets_for
 from leaf_fer.train.metrics import save_figure
-from leaf_fer.train.trainer import predict_probabilities
+from leaf_fer.train.trainer import evaluate_split, predict_probabilities
 from leaf_fer.train.weights import load_weights, mix_weights
 
 FOCUS = ("anger", "disgust", "fear")
@@ -45,10 +45,6 @@ class LabeledCrops:
         return report_from_answers(self.path, self.labels, answers, net.config.classes)
 
 
-def publictest_accuracy(net, images: torch.Tensor, hard: np.ndarray) -> float:
-    return float((predict_probabilities(net, images).argmax(axis=1) == hard).mean())
-
-
 def measure(pattern: str, init, alphas: list[float], folds: list[int], splits: Path, contempt: LabeledCrops,
             publictest: tuple[torch.Tensor, np.ndarray]) -> list[dict[str, object]]:
     tcce = {fold: LabeledCrops(splits / f"tcce_fold{fold}_test.csv") for fold in folds}
@@ -62,7 +58,7 @@ def measure(pattern: str, init, alphas: list[float], folds: list[int], splits: P
             per_fold.append({"fold": fold, "accuracy": report.scores.accuracy, "macro_recall": report.macro_recall,
                              "per_class_recall": report.scores.per_class_recall,
                              "contempt_recall": contempt.report(net).scores.per_class_recall["contempt"],
-                             "publictest": publictest_accuracy(net, *publictest)})
+                             "publictest": evaluate_split(net, *publictest).accuracy})
         means = {key: float(np.mean([row[key] for row in per_fold]))
                  for key in ("accuracy", "macro_recall", "contempt_recall", "publictest")}
         rows.append({"alpha": alpha, **means, "folds": per_fold,

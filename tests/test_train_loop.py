@@ -169,6 +169,9 @@ def test_keep_last_writes_the_final_model_also_for_a_finished_run(train_npz, pub
     assert metadata.training["epoch"] == 3
     assert all(torch.equal(tensor, teacher[name]) for name, tensor in saved.state_dict().items())
     assert metadata.metrics["validation"]["accuracy"] == pytest.approx(last["kept_accuracy"])
+    fresh = train(tiny_config(train_npz, publictest_npz, tmp_path / "fresh", epochs=2, keep="last"), progress=False)
+    assert fresh["kept_epoch"] == 2 and fresh["kept_accuracy"] == fresh["history"][-1]["val_accuracy"]
+    assert load_weights(tmp_path / "fresh" / "model.safetensors")[1].training["epoch"] == 2
 
 
 def test_mixup_blends_faces_and_targets_keeping_each_face_dominant():

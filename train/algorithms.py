@@ -88,7 +88,8 @@ class Algorithm:
             share = torch.distributions.Beta(self.mixup, self.mixup).sample((len(images),)).to(images.device)
             share = torch.maximum(share, 1 - share)
             other = torch.randperm(len(images), device=images.device)
-            images = share.view(-1, 1, 1, 1) * images + (1 - share.view(-1, 1, 1, 1)) * images[other]
+            pixel_share = share.view(-1, 1, 1, 1)
+            images = pixel_share * images + (1 - pixel_share) * images[other]
             targets = share[:, None] * targets + (1 - share[:, None]) * targets[other]
         return images, targets
 

@@ -348,15 +348,16 @@ class _TrainingRun:
 
 def _train(config: TrainConfig, device: torch.device, restart: bool, progress: bool) -> dict[str, Any]:
     run = _set_up(config, device, restart)
+    validated = None
     for epoch in range(run.state["epoch"], config.epochs):
         started = time.perf_counter()
         train_loss, logs = _train_epoch(run, epoch, progress)
         if run.rank == 0:
-            _evaluate_and_checkpoint(run, epoch, train_loss, logs, started)
+            validated = _evaluate_and_checkpoint(run, epoch, train_loss, logs, started)
         if run.distributed:
             _share_running_state(run)
     if run.rank == 0 and config.keep == "last":
-        _save_last(run)
+        _save_last(run, validated)
     kept_epoch = run.state.get("kept_epoch", run.state.get("best_epoch"))
     return {"best_accuracy": run.state["best_accuracy"], "best_epoch": run.state.get("best_epoch"),
             "kept": config.keep, "kept_epoch": kept_epoch,
@@ -481,9 +482,9 @@ def _next_batches(run: _TrainingRun, rng: np.random.Generator, order: np.ndarray
 
 
 def _evaluate_and_checkpoint(run: _TrainingRun, epoch: int, train_loss: float, logs: dict[str, float],
-                             started: float) -> None:
+                             started: float) -> tuple[LeafNet, Scores]:
     """Rank 0 after an epoch: refresh the thresholds, validate the teacher, keep the best model, save the checkpoint,
-    the log and the curves."""
+    the log and the curves; returns the validated model and its scores."""
     config, state, output = run.config, run.state, run.output
     if run.algorithm.uses_unlabeled:
         refresh_thresholds(run.algorithm, run.teacher.model, run.splits)
@@ -507,6 +508,7 @@ def _evaluate_and_checkpoint(run: _TrainingRun, epoch: int, train_loss: float, l
     run.checkpoint.save(run.student, run.teacher, run.optimizer, state)
     write_log(run.log_path, state["history"])
     plot_curves(state["history"], output / "curves.png")
+    return model, scores
 
 
 def _deployed(run: _TrainingRun) -> LeafNet:
@@ -516,10 +518,13 @@ def _deployed(run: _TrainingRun) -> LeafNet:
     return mix_weights(run.teacher.model, run.initial, run.config.weight_ensemble)
 
 
-def _save_last(run: _TrainingRun) -> None:
-    """``keep: last``: the final model, validated and saved when the run ends (also for a run finished earlier)."""
-    model = _deployed(run)
-    scores = evaluate_split(model, run.splits.val_images, run.splits.val_hard)
+def _save_last(run: _TrainingRun, validated: tuple[LeafNet, Scores] | None) -> None:
+    """``keep: last``: the final model saved when the run ends, with the scores of its last epoch's validation
+    (``validated``), or validated now for a run that had finished before this call."""
+    if validated is None:
+        model = _deployed(run)
+        validated = model, evaluate_split(model, run.splits.val_images, run.splits.val_hard)
+    model, scores = validated
     run.state["kept_epoch"], run.state["kept_accuracy"] = run.state["epoch"], scores.accuracy
     _save_model(run, model, scores, run.state["epoch"])
 
