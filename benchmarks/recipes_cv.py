@@ -138,6 +138,10 @@ def main() -> None:
                                       f"PublicTest {100 * r['publictest']:.2f}%" for r in results[name]), flush=True)
     command = "python benchmarks/recipes_cv.py --recipes " + " ".join(f"'{r}'" for r in args.recipes) + \
               " --alphas " + " ".join(f"{a:g}" for a in args.alphas)
+    if args.folds != parser.get_default("folds"):
+        command += " --folds " + " ".join(map(str, args.folds))
+    if args.output != parser.get_default("output"):
+        command += f" --output {args.output}"
     args.output.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.output / "results.json", json.dumps(
         {"command": command, "init": str(args.init), "folds": args.folds, "results": results}, indent=2).encode())
