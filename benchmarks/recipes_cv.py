@@ -45,9 +45,9 @@ class LabeledCrops:
         return report_from_answers(self.path, self.labels, answers, net.config.classes)
 
 
-def measure(pattern: str, init, alphas: list[float], folds: list[int], splits: Path, contempt: LabeledCrops,
+def measure(pattern: str, init, alphas: list[float], tcce: dict[int, LabeledCrops], contempt: LabeledCrops,
             publictest: tuple[torch.Tensor, np.ndarray]) -> list[dict[str, object]]:
-    tcce = {fold: LabeledCrops(splits / f"tcce_fold{fold}_test.csv") for fold in folds}
+    folds = list(tcce)
     finetuned = {fold: load_weights(pattern.format(fold=fold))[0] for fold in folds}
     rows = []
     for alpha in alphas:
@@ -130,10 +130,11 @@ def main() -> None:
     rows = np.flatnonzero(targets.hard >= 0)
     publictest = torch.from_numpy(np.ascontiguousarray(data.images[rows])), targets.hard[rows]
     contempt = LabeledCrops(args.contempt)
+    tcce = {fold: LabeledCrops(args.splits / f"tcce_fold{fold}_test.csv") for fold in args.folds}
     results = {}
     for spec in args.recipes:
         name, _, pattern = spec.partition("=")
-        results[name] = measure(pattern, init, args.alphas, args.folds, args.splits, contempt, publictest)
+        results[name] = measure(pattern, init, args.alphas, tcce, contempt, publictest)
         print(f"{name}: " + "; ".join(f"α={r['alpha']:g} macro recall {100 * r['macro_recall']:.1f}% "
                                       f"PublicTest {100 * r['publictest']:.2f}%" for r in results[name]), flush=True)
     command = "python benchmarks/recipes_cv.py --recipes " + " ".join(f"'{r}'" for r in args.recipes) + \

@@ -7,6 +7,7 @@ Reading the metadata needs no torch (the ONNX Runtime path uses it); saving and 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -141,8 +142,6 @@ def load_weights(path: str | os.PathLike[str] | None = None) -> tuple["LeafNet",
 def mix_weights(finetuned: "LeafNet", init: "LeafNet", alpha: float) -> "LeafNet":
     """A weight-space ensemble (WiSE-FT, Wortsman et al. 2022): a copy of ``finetuned`` whose floating-point tensors
     are ``alpha`` · fine-tuned + (1 − alpha) · ``init`` (the weights it was fine-tuned from); counters stay as they are."""
-    import copy
-
     mixed = copy.deepcopy(finetuned)
     start = init.state_dict()
     mixed.load_state_dict({name: alpha * tensor + (1 - alpha) * start[name].to(tensor) if tensor.is_floating_point()
