@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from leaf_fer.common import ConfigError
 from leaf_fer.train.config import TrainConfig
 from leaf_fer.train.trainer import resolve_precision, train
 from leaf_fer.train.weights import load_weights
@@ -169,6 +170,10 @@ def test_keep_last_writes_the_final_model_also_for_a_finished_run(train_npz, pub
     assert metadata.training["epoch"] == 3
     assert all(torch.equal(tensor, teacher[name]) for name, tensor in saved.state_dict().items())
     assert metadata.metrics["validation"]["accuracy"] == pytest.approx(last["kept_accuracy"])
+    config.keep = "best"
+    with pytest.raises(ConfigError, match="keep last.*were not kept"):
+        train(config, progress=False)
+    assert load_weights(tmp_path / "run" / "model.safetensors")[1].training["epoch"] == 3, "the last model stays"
     fresh = train(tiny_config(train_npz, publictest_npz, tmp_path / "fresh", epochs=2, keep="last"), progress=False)
     assert fresh["kept_epoch"] == 2 and fresh["kept_accuracy"] == fresh["history"][-1]["val_accuracy"]
     assert load_weights(tmp_path / "fresh" / "model.safetensors")[1].training["epoch"] == 2
@@ -213,6 +218,9 @@ def test_weight_ensemble_saves_the_validated_mix_of_teacher_and_initial_weights(
     assert not torch.allclose(teacher.state_dict()[weight], initial.state_dict()[weight], atol=1e-4)
     for name, tensor in saved.state_dict().items():
         torch.testing.assert_close(tensor, expected[name])
+    config.weight_ensemble = 0.5
+    with pytest.raises(ConfigError, match="weight_ensemble 0.25.*weight_ensemble 0.5 were not kept"):
+        train(config, progress=False)
     assert metadata.training["config"]["weight_ensemble"] == 0.25
     config.keep, config.weight_ensemble = "last", 1.0
     train(config, progress=False)

@@ -22,7 +22,8 @@ KEEP = ("best", "last")
 """Which epoch's model ``model.safetensors`` holds: the best on validation, or the last (written when the run ends)."""
 OUTPUT_OPTIONS = ("keep", "weight_ensemble")
 """What ``model.safetensors`` holds, not how the run trains: a finished run given other values writes its model again
-(with ``keep: last``) without training again."""
+(with ``keep: last``) without training again; ``keep: best`` refuses values other than its model file's (the best
+epoch's weights are kept only there)."""
 LEAF_LABELED_WEIGHT = 2.0
 LEAF_CONTRASTIVE_WEIGHT = 0.0
 LEAF_CONTRASTIVE_TEMPERATURE = 0.07

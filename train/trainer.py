@@ -29,7 +29,7 @@ from .config import CLASS_SETS, OUTPUT_OPTIONS, PLACEMENT_OPTIONS, TrainConfig, 
 from .data import load_dataset, load_unlabeled_faces, stratified_fraction, targets_for
 from .metrics import Scores, plot_confusion, plot_curves, score
 from .model import LeafNet, count_parameters
-from .weights import WeightsMetadata, load_weights, mix_weights, save_weights
+from .weights import WeightsMetadata, load_weights, mix_weights, read_metadata, save_weights
 
 THRESHOLD_SAMPLE = 4096  # labeled faces the teacher scores after each epoch to set the class-adaptive thresholds
 
@@ -48,8 +48,6 @@ class Splits:
     val_hard: np.ndarray
     data_hash: str
     unlabeled_hard: np.ndarray
-
-
 
 
 def native_bf16() -> bool:
@@ -428,9 +426,25 @@ def _resume(run: _TrainingRun) -> None:
     if _run_identity(saved.get("config", {})) != _run_identity(asdict(run.config)):
         raise LeafFerError(f"{run.output}: holds a checkpoint of a different configuration; use --restart or "
                            "another --output")
+    _check_kept_model(run)
     run.state = run.checkpoint.load(run.student, run.teacher, run.optimizer)
     run.algorithm.load_running_state(run.state)
     print(f"resuming {run.output} at epoch {run.state['epoch']}/{run.config.epochs}")
+
+
+def _check_kept_model(run: _TrainingRun) -> None:
+    """``keep: best`` goes on from the model file's best epoch, so that file must hold the same choice of weights: the
+    best epoch's teacher is kept nowhere else once another choice (``keep: last``, another weight ensemble) replaced it."""
+    path = run.output / "model.safetensors"
+    if run.config.keep != "best" or not path.exists():
+        return
+    written = asdict(TrainConfig()) | read_metadata(path).training.get("config", {})
+    chosen = {name: getattr(run.config, name) for name in OUTPUT_OPTIONS}
+    if {name: written[name] for name in OUTPUT_OPTIONS} != chosen:
+        held = ", ".join(f"{name} {written[name]}" for name in OUTPUT_OPTIONS)
+        raise ConfigError(f"{path}: holds the model of {held}; the best epoch's weights for "
+                          f"{', '.join(f'{name} {value}' for name, value in chosen.items())} were not kept: use "
+                          "--keep last, the options that wrote it, or --restart")
 
 
 def _train_epoch(run: _TrainingRun, epoch: int, progress: bool) -> tuple[float, dict[str, float]]:
@@ -535,8 +549,6 @@ def _share_running_state(run: _TrainingRun) -> None:
     torch.distributed.broadcast_object_list(running, src=0)
     if run.rank:
         run.algorithm.load_running_state(running[0])
-
-
 
 
 def _run_identity(config: dict[str, Any]) -> dict[str, Any]:
