@@ -1,7 +1,8 @@
 """Training recipes side by side by cross-validation by performer, and their weight-space ensembles (WiSE-FT).
 
 For each recipe (``NAME=PATTERN``, ``{fold}`` in the pattern naming fold K's model), each mixing share α and each
-fold K, the model α · fold-K model + (1 − α) · initial weights is scored on TCCE fold K's held-out performers and on
+fold K, the model α · fold-K model + (1 − α) · its initial weights (the ``init_weights`` it was trained from, read
+from its metadata) is scored on TCCE fold K's held-out performers and on
 the held-out contempt photos, end to end on the crops of the live detector cascade + aligner (cached, pixel for pixel
 what the pipeline classifies; no face counts as a miss), and on FER+ PublicTest (majority, 8 classes). α = 1 is the
 fine-tuned model, α = 0 the initial one. Numbers are means over the folds. Writes
@@ -20,13 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from leaf_fer.common import atomic_write_bytes, new_figure
+from leaf_fer.common import LeafFerError, atomic_write_bytes, new_figure
 from leaf_fer.realtime.evaluate import report_from_answers
 from leaf_fer.realtime.face_crops import crop_files
 from leaf_fer.train.data import labeled_files, load_npz, targets_for
 from leaf_fer.train.metrics import save_figure
 from leaf_fer.train.trainer import evaluate_split, predict_probabilities
-from leaf_fer.train.weights import load_weights, mix_weights
+from leaf_fer.train.model import LeafNet
+from leaf_fer.train.model_spec import FERPLUS_CLASSES
+from leaf_fer.train.weights import WeightsMetadata, load_weights, mix_weights
 
 FOCUS = ("anger", "disgust", "fear")
 
@@ -45,15 +48,28 @@ class LabeledCrops:
         return report_from_answers(self.path, self.labels, answers, net.config.classes)
 
 
-def measure(pattern: str, init, alphas: list[float], tcce: dict[int, LabeledCrops], contempt: LabeledCrops,
-            publictest: tuple[torch.Tensor, np.ndarray]) -> list[dict[str, object]]:
+def initial_weights(path: str, metadata: WeightsMetadata, loaded: dict[str, LeafNet]) -> LeafNet:
+    """The weights the model at ``path`` was fine-tuned from (loaded once per file into ``loaded``)."""
+    init = metadata.training.get("config", {}).get("init_weights")
+    if not init:
+        raise LeafFerError(f"{path}: trained without --init-weights, so it has no initial weights to mix with")
+    if init not in loaded:
+        loaded[init] = load_weights(init)[0]
+    return loaded[init]
+
+
+def measure(pattern: str, alphas: list[float], tcce: dict[int, LabeledCrops], contempt: LabeledCrops,
+            publictest: tuple[torch.Tensor, np.ndarray], loaded: dict[str, LeafNet]) -> list[dict[str, object]]:
     folds = list(tcce)
-    finetuned = {fold: load_weights(pattern.format(fold=fold))[0] for fold in folds}
+    paths = {fold: pattern.format(fold=fold) for fold in folds}
+    finetuned = {fold: load_weights(path) for fold, path in paths.items()}
+    inits = ({fold: initial_weights(paths[fold], finetuned[fold][1], loaded) for fold in folds}
+             if min(alphas) < 1 else {})
     rows = []
     for alpha in alphas:
         per_fold = []
         for fold in folds:
-            net = mix_weights(finetuned[fold], init, alpha)
+            net = finetuned[fold][0] if alpha == 1 else mix_weights(finetuned[fold][0], inits[fold], alpha)
             report = tcce[fold].report(net)
             per_fold.append({"fold": fold, "accuracy": report.scores.accuracy, "macro_recall": report.macro_recall,
                              "per_class_recall": report.scores.per_class_recall,
@@ -114,7 +130,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", nargs="+", required=True, metavar="NAME=PATTERN",
                         help="fold models, {fold} in the pattern")
-    parser.add_argument("--init", type=Path, default=Path("train/weights/fer2013_base.safetensors"))
     parser.add_argument("--alphas", nargs="+", type=float, default=[0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--splits", type=Path, default=Path("runs/splits"))
@@ -124,17 +139,16 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("reports/recipes_cv"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    init, metadata = load_weights(args.init)
     data = load_npz(args.publictest)
-    targets = targets_for(data, metadata.model.classes)
+    targets = targets_for(data, FERPLUS_CLASSES)
     rows = np.flatnonzero(targets.hard >= 0)
     publictest = torch.from_numpy(np.ascontiguousarray(data.images[rows])), targets.hard[rows]
     contempt = LabeledCrops(args.contempt)
     tcce = {fold: LabeledCrops(args.splits / f"tcce_fold{fold}_test.csv") for fold in args.folds}
-    results = {}
+    results, loaded = {}, {}
     for spec in args.recipes:
         name, _, pattern = spec.partition("=")
-        results[name] = measure(pattern, init, args.alphas, tcce, contempt, publictest)
+        results[name] = measure(pattern, args.alphas, tcce, contempt, publictest, loaded)
         print(f"{name}: " + "; ".join(f"α={r['alpha']:g} macro recall {100 * r['macro_recall']:.1f}% "
                                       f"PublicTest {100 * r['publictest']:.2f}%" for r in results[name]), flush=True)
     command = "python benchmarks/recipes_cv.py --recipes " + " ".join(f"'{r}'" for r in args.recipes) + \
@@ -145,7 +159,7 @@ def main() -> None:
         command += f" --output {args.output}"
     args.output.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.output / "results.json", json.dumps(
-        {"command": command, "init": str(args.init), "folds": args.folds, "results": results}, indent=2).encode())
+        {"command": command, "inits": sorted(loaded), "folds": args.folds, "results": results}, indent=2).encode())
     atomic_write_bytes(args.output / "results.md", markdown(results, command).encode())
     plot(results, args.output / "tradeoff.png")
     print(f"wrote {args.output}/results.md")

@@ -37,7 +37,7 @@ def test_the_shipped_recipes_name_the_same_files_from_any_folder(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     from_tmp = read_config_file(REPO / "train" / "configs" / "default.yaml")
     assert from_repo["data"] == "../shared/data/fer2013_train.npz"
-    assert from_repo["init_weights"] == "train/weights/fer2013_base.safetensors"
+    assert from_repo["init_weights"] == "train/weights/fer2013_base_m.safetensors"
     for name in ("data", "val_data", "init_weights"):
         assert (tmp_path / from_tmp[name]).resolve() == (REPO / from_repo[name]).resolve()
 
