@@ -1,11 +1,10 @@
 """Training recipes side by side by cross-validation by performer, and their weight-space ensembles (WiSE-FT).
 
 For each recipe (``NAME=PATTERN``, ``{fold}`` in the pattern naming fold K's model), each mixing share α and each
-fold K, the model α · fold-K model + (1 − α) · its initial weights (the ``init_weights`` it was trained from, read
-from its metadata) is scored on TCCE fold K's held-out performers and on
-the held-out contempt photos, end to end on the crops of the live detector cascade + aligner (cached, pixel for pixel
-what the pipeline classifies; no face counts as a miss), and on FER+ PublicTest (majority, 8 classes). α = 1 is the
-fine-tuned model, α = 0 the initial one. Numbers are means over the folds. Writes
+fold K, the model α · fold-K model + (1 − α) · its initial weights (the ``init_weights`` its metadata names) is scored
+on TCCE fold K's held-out performers and on the held-out contempt photos, end to end on the crops of the live detector
+cascade + aligner (cached, pixel for pixel what the pipeline classifies; no face counts as a miss), and on FER+
+PublicTest (majority, 8 classes). α = 1 is the fine-tuned model, α = 0 the initial one. Numbers are means over the folds. Writes
 OUTPUT/{results.json,results.md,tradeoff.png}.
 
     python benchmarks/recipes_cv.py --recipes 'default=runs/cvA{fold}/model.safetensors' \
