@@ -4,8 +4,8 @@ For each recipe (``NAME=PATTERN``, ``{fold}`` in the pattern naming fold K's mod
 fold K, the model α · fold-K model + (1 − α) · its initial weights (the ``init_weights`` its metadata names) is scored
 on TCCE fold K's held-out performers and on the held-out contempt photos, end to end on the crops of the live detector
 cascade + aligner (cached, pixel for pixel what the pipeline classifies; no face counts as a miss), and on FER+
-PublicTest (majority, 8 classes). α = 1 is the fine-tuned model, α = 0 the initial one. Numbers are means over the folds. Writes
-OUTPUT/{results.json,results.md,tradeoff.png}.
+PublicTest (majority, 8 classes). α = 1 is the fine-tuned model, α = 0 the initial one. Numbers are means over the
+folds. Writes OUTPUT/{results.json,results.md,tradeoff.png}.
 
     python benchmarks/recipes_cv.py --recipes 'default=runs/cvA{fold}/model.safetensors' \
         --alphas 0 0.5 0.6 0.7 0.8 0.9 1
@@ -25,9 +25,9 @@ from leaf_fer.realtime.evaluate import report_from_answers
 from leaf_fer.realtime.face_crops import crop_files
 from leaf_fer.train.data import labeled_files, load_npz, targets_for
 from leaf_fer.train.metrics import save_figure
-from leaf_fer.train.trainer import evaluate_split, predict_probabilities
 from leaf_fer.train.model import LeafNet
 from leaf_fer.train.model_spec import FERPLUS_CLASSES
+from leaf_fer.train.trainer import evaluate_split, predict_probabilities
 from leaf_fer.train.weights import WeightsMetadata, load_weights, mix_weights
 
 FOCUS = ("anger", "disgust", "fear")

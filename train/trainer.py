@@ -438,13 +438,12 @@ def _check_kept_model(run: _TrainingRun) -> None:
     path = run.output / "model.safetensors"
     if run.config.keep != "best" or not path.exists():
         return
-    written = asdict(TrainConfig()) | read_metadata(path).training.get("config", {})
-    chosen = {name: getattr(run.config, name) for name in OUTPUT_OPTIONS}
-    if {name: written[name] for name in OUTPUT_OPTIONS} != chosen:
-        held = ", ".join(f"{name} {written[name]}" for name in OUTPUT_OPTIONS)
-        raise ConfigError(f"{path}: holds the model of {held}; the best epoch's weights for "
-                          f"{', '.join(f'{name} {value}' for name, value in chosen.items())} were not kept: use "
-                          "--keep last, the options that wrote it, or --restart")
+    written = _with_defaults(read_metadata(path).training.get("config", {}))
+    held, chosen = ({name: values[name] for name in OUTPUT_OPTIONS} for values in (written, asdict(run.config)))
+    if held != chosen:
+        describe = lambda values: ", ".join(f"{name} {value}" for name, value in values.items())  # noqa: E731
+        raise ConfigError(f"{path}: holds the model of {describe(held)}; the best epoch's weights for "
+                          f"{describe(chosen)} were not kept: use --keep last, the options that wrote it, or --restart")
 
 
 def _train_epoch(run: _TrainingRun, epoch: int, progress: bool) -> tuple[float, dict[str, float]]:
@@ -551,11 +550,15 @@ def _share_running_state(run: _TrainingRun) -> None:
         run.algorithm.load_running_state(running[0])
 
 
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's options, those added since it was saved taking their defaults."""
+    return asdict(TrainConfig()) | config
+
+
 def _run_identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The options that define a run (options added since it was saved take their defaults); where and how fast it
-    runs, and what its model file holds, may change across a resume."""
-    full = asdict(TrainConfig()) | config
-    return {k: v for k, v in full.items() if k not in (*PLACEMENT_OPTIONS, *OUTPUT_OPTIONS)}
+    """The options that define a run; where and how fast it runs, and what its model file holds, may change across a
+    resume."""
+    return {k: v for k, v in _with_defaults(config).items() if k not in (*PLACEMENT_OPTIONS, *OUTPUT_OPTIONS)}
 
 
 def confidence_ceiling(config: TrainConfig, labeled_targets: torch.Tensor) -> float:
