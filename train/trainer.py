@@ -4,6 +4,7 @@ DistributedDataParallel when launched by ``torchrun``."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import math
@@ -307,6 +308,10 @@ def train(config: TrainConfig, restart: bool = False, progress: bool = True) -> 
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sys.stdout if lead else sink):
             return _train(config, device, restart, progress and lead)
     finally:
+        # DDP's reducer sits in reference cycles; freed now, before its process group, not by gloo's threads at
+        # interpreter exit (without this, SIGABRT "terminate called without an active exception" at exit in 10 of 50
+        # two-process toy runs under load, none of 60 with it).
+        gc.collect()
         torch.distributed.destroy_process_group()
 
 
