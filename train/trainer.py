@@ -380,7 +380,8 @@ def _set_up(config: TrainConfig, device: torch.device, restart: bool) -> _Traini
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     splits = prepare_splits(config)
-    student = _initial_student(config).to(device, memory_format=torch.channels_last)
+    initial = load_weights(config.init_weights)[0] if config.init_weights else None
+    student = _initial_student(config, initial).to(device, memory_format=torch.channels_last)
     teacher = EmaTeacher(student, config.ema_decay)
     precision = resolve_precision(config.precision, device)
     net = DistributedNet(student, device) if distributed else student
@@ -395,7 +396,7 @@ def _set_up(config: TrainConfig, device: torch.device, restart: bool) -> _Traini
         steps_per_epoch=config.iterations_per_epoch or max(1, epoch_draws // config.batch_size),
         checkpoint=Checkpoint(output),
         state={"epoch": 0, "step": 0, "best_accuracy": -1.0, "history": [], "elapsed_s": 0.0},
-        initial=load_weights(config.init_weights)[0].to(device) if config.weight_ensemble < 1 else None,
+        initial=initial.to(device) if config.weight_ensemble < 1 else None,
     )
     if run.checkpoint.exists() and not restart:
         _resume(run)
@@ -411,12 +412,11 @@ def _set_up(config: TrainConfig, device: torch.device, restart: bool) -> _Traini
     return run
 
 
-def _initial_student(config: TrainConfig) -> LeafNet:
-    """A new network of ``config``, with the weights of ``init_weights`` when given (the same network's only)."""
+def _initial_student(config: TrainConfig, initial: LeafNet | None) -> LeafNet:
+    """A new network of ``config``, with a copy of ``initial``'s weights (``init_weights``, the same network's only)."""
     model_config = config.model_config()
     student = LeafNet(model_config)
-    if config.init_weights:
-        initial, _ = load_weights(config.init_weights)
+    if initial is not None:
         network = lambda c: (c.backbone, tuple(c.classes), c.semantic_level, c.instance_level)  # noqa: E731
         if network(initial.config) != network(model_config):
             raise ConfigError(f"{config.init_weights}: its network ({initial.config.backbone}, "
