@@ -115,10 +115,12 @@ def test_extra_sets_are_drawn_by_weight_and_fine_tuning_starts_from_weights(trai
 
         cv2.imwrite(str(folder / f"{i}.png"), face)
     config = tiny_config(train_npz, publictest_npz, tmp_path / "run", extra_data=[f"{tmp_path / 'extra'}@5"],
-                         max_train_samples=100, logit_adjustment=1.0, domain_augment=True)
+                         max_train_samples=100, logit_adjustment=1.0, domain_augment=True,
+                         domain_augment_main=False)
     splits = prepare_splits(config)
     main_rows = len(splits.labeled_images) - 20
     assert main_rows > 90 and splits.labeled_weights.tolist() == [1.0] * main_rows + [5.0] * 20
+    assert splits.labeled_main.tolist() == [True] * main_rows + [False] * 20
     prior = training_prior(splits.labeled_targets, splits.labeled_weights)
     assert prior[5] > 0.45, "the 20 disgust faces drawn 5x each are half of what the loss sees"
     train(config, progress=False)
@@ -195,6 +197,19 @@ def test_mixup_blends_faces_and_targets_keeping_each_face_dominant():
     own = mixed_targets[torch.arange(64), torch.arange(64) % 8]
     assert (own >= 0.5).all() and (own < 0.99).any(), "each face keeps the larger share; some are blended"
     assert mixed_images.min() >= 0 and mixed_images.max() <= 1 and not torch.equal(mixed_images, images)
+
+
+def test_faces_marked_plain_take_the_weak_view_instead_of_the_labeled_view():
+    from leaf_fer.train.algorithms import Batch, Supervised
+    from leaf_fer.train.model import LeafNet, ModelConfig
+
+    net = LeafNet(ModelConfig(backbone="resnet-xs"))
+    blank = lambda x: torch.zeros_like(x)  # noqa: E731
+    plain = torch.arange(8) < 3
+    batch = Batch(torch.full((8, 1, 48, 48), 0.5), torch.eye(8), plain)
+    images, _ = Supervised(net, 8, labeled_view=blank).labeled_inputs(batch)
+    torch.testing.assert_close(images[:3], torch.full((3, 1, 48, 48), 0.5), msg="a flat face stays flat under the weak view")
+    assert (images[3:] == 0).all()
 
 
 def test_weight_ensemble_saves_the_validated_mix_of_teacher_and_initial_weights(train_npz, publictest_npz, tmp_path):

@@ -17,10 +17,12 @@ from .model import LeafNet
 
 @dataclass
 class Batch:
-    """Raw [0,1] images [B,1,H,W]; ``targets`` are soft distributions (labeled batches only)."""
+    """Raw [0,1] images [B,1,H,W]; ``targets`` are soft distributions (labeled batches only); ``plain`` [B] marks the
+    labeled faces that take the weak view instead of the method's labeled view (None: none does)."""
 
     images: torch.Tensor
     targets: torch.Tensor | None = None
+    plain: torch.Tensor | None = None
 
 
 def scalars(**values: torch.Tensor) -> dict[str, float]:
@@ -84,6 +86,8 @@ class Algorithm:
         """The labeled view and its targets; with ``mixup`` α > 0 each face is blended with another face of the batch
         and its target alike (Zhang et al. 2018), λ ~ Beta(α, α) per face with the larger share kept on the face."""
         images, targets = self.labeled_view(labeled.images), labeled.targets
+        if labeled.plain is not None:
+            images = torch.where(labeled.plain.view(-1, 1, 1, 1), weak_augment(labeled.images), images)
         if self.mixup > 0:
             share = torch.distributions.Beta(self.mixup, self.mixup).sample((len(images),)).to(images.device)
             share = torch.maximum(share, 1 - share)

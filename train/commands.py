@@ -32,6 +32,8 @@ OPTION_HELP = {
                        "1: fine-tuned only); validation scores and selects the mixed model",
     "posed_label_weight": "labels CSVs with vote shares: the weight of the file's label against the observers' votes",
     "domain_augment": "labeled view with illumination, low resolution, noise, occluders and wider framing jitter",
+    "domain_augment_main": "with --domain-augment, the --data faces get it too (--no-domain-augment-main: only "
+                           "--extra-data faces; --data keeps the plain view)",
     "ferplus_csv": "fer2013new.csv (FER+ votes) to pair with fer2013.csv",
     "val_data": "validation faces (default: a stratified --val-fraction of --data)",
     "unlabeled_data": "extra unlabeled faces: npz with 'images', image(s), folder, or a glob like 'annotations/**/*.faces.npz'",

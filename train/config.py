@@ -76,6 +76,7 @@ class TrainConfig:
     init_weights: str | None = None
     logit_adjustment: float = 0.0
     domain_augment: bool = False
+    domain_augment_main: bool = True
     posed_label_weight: float = POSED_LABEL_WEIGHT
     weight_ensemble: float = 1.0
     mixup: float = 0.0

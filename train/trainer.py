@@ -37,13 +37,15 @@ THRESHOLD_SAMPLE = 4096  # labeled faces the teacher scores after each epoch to 
 
 @dataclass
 class Splits:
-    """The run's data; ``unlabeled_hard`` holds the unlabeled faces' true labels where the data has them (-1 elsewhere),
+    """The run's data; ``labeled_main`` marks the labeled faces that come from ``--data`` (the rest from
+    ``--extra-data``); ``unlabeled_hard`` holds the unlabeled faces' true labels where the data has them (-1 elsewhere),
     for diagnostics (research/pseudo_labels.py) only: no method reads it."""
 
     labeled_images: torch.Tensor
     labeled_targets: torch.Tensor
     labeled_hard: torch.Tensor
     labeled_weights: np.ndarray
+    labeled_main: torch.Tensor
     unlabeled_images: torch.Tensor
     val_images: torch.Tensor
     val_hard: np.ndarray
@@ -124,6 +126,7 @@ def prepare_splits(config: TrainConfig) -> Splits:
         labeled_targets=torch.from_numpy(labeled_soft),
         labeled_hard=torch.from_numpy(labeled_hard),
         labeled_weights=labeled_weights,
+        labeled_main=torch.arange(len(labeled_images)) < len(labeled_index),
         unlabeled_images=as_tensor(unlabeled_images),
         val_images=as_tensor(val.images[val_rows]),
         val_hard=val_targets.hard[val_rows],
@@ -490,8 +493,10 @@ def _next_batches(run: _TrainingRun, rng: np.random.Generator, order: np.ndarray
     if len(pick) < config.batch_size:
         pick = rng.choice(len(order), config.batch_size, replace=False)
     pick = rank_share(pick, run.rank, run.world_size)
+    plain = (splits.labeled_main[pick].to(run.device)
+             if config.domain_augment and not config.domain_augment_main else None)
     labeled = Batch(splits.labeled_images[pick].to(run.device).float().unsqueeze(1) / 255.0,
-                    splits.labeled_targets[pick].to(run.device))
+                    splits.labeled_targets[pick].to(run.device), plain)
     if not run.algorithm.uses_unlabeled:
         return labeled, None
     upick = rank_share(rng.integers(0, len(splits.unlabeled_images), config.unlabeled_batch_size), run.rank,
