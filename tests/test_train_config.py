@@ -48,3 +48,13 @@ def test_a_bad_config_file_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         read_config_file(tmp_path / "list.yaml")
+
+
+def test_options_that_need_initial_weights_refuse_to_run_without_them() -> None:
+    from leaf_fer.train.config import TrainConfig
+
+    for option in ({"distill_initial": 0.5}, {"weight_ensemble": 0.9}):
+        with pytest.raises(ConfigError, match="give --init-weights"):
+            TrainConfig.from_dict({"data": "faces.npz", **option})
+    with pytest.raises(ConfigError, match="distill initial must be in"):
+        TrainConfig.from_dict({"data": "faces.npz", "init_weights": "w.safetensors", "distill_initial": 1.5})

@@ -125,7 +125,7 @@ def test_extra_sets_are_drawn_by_weight_and_fine_tuning_starts_from_weights(trai
     assert prior[5] > 0.45, "the 20 disgust faces drawn 5x each are half of what the loss sees"
     train(config, progress=False)
     tuned = tiny_config(train_npz, publictest_npz, tmp_path / "tuned", init_weights=str(tmp_path / "run" / "model.safetensors"),
-                        lr=1e-9, warmup_epochs=0.0)
+                        lr=1e-9, warmup_epochs=0.0, distill_initial=0.5)
     train(tuned, progress=False)
     before, _ = load_weights(tmp_path / "run" / "model.safetensors")
     after, _ = load_weights(tmp_path / "tuned" / "model.safetensors")
@@ -199,17 +199,25 @@ def test_mixup_blends_faces_and_targets_keeping_each_face_dominant():
     assert mixed_images.min() >= 0 and mixed_images.max() <= 1 and not torch.equal(mixed_images, images)
 
 
-def test_faces_marked_plain_take_the_weak_view_instead_of_the_labeled_view():
+def test_main_faces_take_their_own_view_and_move_their_targets_toward_the_initial_model():
     from leaf_fer.train.algorithms import Batch, Supervised
+    from leaf_fer.train.augment import weak_augment
     from leaf_fer.train.model import LeafNet, ModelConfig
 
-    net = LeafNet(ModelConfig(backbone="resnet-xs"))
+    torch.manual_seed(0)
+    net, initial = LeafNet(ModelConfig(backbone="resnet-xs")), LeafNet(ModelConfig(backbone="resnet-xs"))
     blank = lambda x: torch.zeros_like(x)  # noqa: E731
-    plain = torch.arange(8) < 3
-    batch = Batch(torch.full((8, 1, 48, 48), 0.5), torch.eye(8), plain)
-    images, _ = Supervised(net, 8, labeled_view=blank).labeled_inputs(batch)
+    main = torch.arange(8) < 3
+    batch = Batch(torch.full((8, 1, 48, 48), 0.5), torch.eye(8), main)
+    images, targets = Supervised(net, 8, autocast=False, labeled_view=blank, main_view=weak_augment).labeled_inputs(batch)
     torch.testing.assert_close(images[:3], torch.full((3, 1, 48, 48), 0.5), msg="a flat face stays flat under the weak view")
-    assert (images[3:] == 0).all()
+    assert (images[3:] == 0).all() and torch.equal(targets, batch.targets)
+    distilling = Supervised(net, 8, autocast=False, labeled_view=blank, distill_from=initial, distill_weight=0.25)
+    images, targets = distilling.labeled_inputs(batch)
+    remembered = torch.softmax(initial.eval()(distilling.normalise(images)), dim=-1)
+    torch.testing.assert_close(targets[:3], 0.75 * torch.eye(8)[:3] + 0.25 * remembered[:3])
+    assert torch.equal(targets[3:], batch.targets[3:]), "the extra data's faces keep their labels"
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(8))
 
 
 def test_weight_ensemble_saves_the_validated_mix_of_teacher_and_initial_weights(train_npz, publictest_npz, tmp_path):

@@ -17,12 +17,12 @@ from .model import LeafNet
 
 @dataclass
 class Batch:
-    """Raw [0,1] images [B,1,H,W]; ``targets`` are soft distributions (labeled batches only); ``plain`` [B] marks the
-    labeled faces that take the weak view instead of the method's labeled view (None: none does)."""
+    """Raw [0,1] images [B,1,H,W]; ``targets`` are soft distributions (labeled batches only); ``main`` [B] marks the
+    labeled faces of the run's main data (``--data``; None: every face is)."""
 
     images: torch.Tensor
     targets: torch.Tensor | None = None
-    plain: torch.Tensor | None = None
+    main: torch.Tensor | None = None
 
 
 def scalars(**values: torch.Tensor) -> dict[str, float]:
@@ -50,12 +50,16 @@ class Algorithm:
     threshold_floor = 0.8
 
     def __init__(self, net: LeafNet, num_classes: int, autocast: bool = True, confidence_ceiling: float = 1.0,
-                 logit_adjustment: torch.Tensor | None = None, labeled_view=weak_augment, mixup: float = 0.0) -> None:
+                 logit_adjustment: torch.Tensor | None = None, labeled_view=weak_augment, mixup: float = 0.0,
+                 main_view=None, distill_from: LeafNet | None = None, distill_weight: float = 0.0) -> None:
         if not 0.0 < confidence_ceiling <= 1.0:
             raise ConfigError(f"confidence ceiling must be in (0, 1], got {confidence_ceiling}")
         self.net = net
         self.logit_adjustment = logit_adjustment
         self.labeled_view = labeled_view
+        self.main_view = main_view
+        self.distill_from = None if distill_from is None else distill_from.eval().requires_grad_(False)
+        self.distill_weight = distill_weight
         self.mixup = mixup
         self.num_classes = num_classes
         self.autocast = autocast
@@ -83,11 +87,20 @@ class Algorithm:
                 m.momentum = momentum
 
     def labeled_inputs(self, labeled: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The labeled view and its targets; with ``mixup`` α > 0 each face is blended with another face of the batch
-        and its target alike (Zhang et al. 2018), λ ~ Beta(α, α) per face with the larger share kept on the face."""
+        """The labeled view and its targets. The main data's faces take ``main_view`` where one is set, and with
+        ``distill_from`` their targets move ``distill_weight`` of the way to that network's predictions on the same
+        view (learning without forgetting, Li & Hoiem 2016). With ``mixup`` α > 0 each face is then blended with another
+        face of the batch and its target alike (Zhang et al. 2018), λ ~ Beta(α, α) per face with the larger share kept
+        on the face."""
         images, targets = self.labeled_view(labeled.images), labeled.targets
-        if labeled.plain is not None:
-            images = torch.where(labeled.plain.view(-1, 1, 1, 1), weak_augment(labeled.images), images)
+        main = torch.ones(len(images), dtype=torch.bool, device=images.device) if labeled.main is None else labeled.main
+        if self.main_view is not None:
+            images = torch.where(main.view(-1, 1, 1, 1), self.main_view(labeled.images), images)
+        if self.distill_from is not None:
+            with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                remembered = torch.softmax(self.distill_from(self.normalise(images)).float(), dim=-1)
+            share = self.distill_weight * main.float()[:, None]
+            targets = (1 - share) * targets + share * remembered
         if self.mixup > 0:
             share = torch.distributions.Beta(self.mixup, self.mixup).sample((len(images),)).to(images.device)
             share = torch.maximum(share, 1 - share)
@@ -190,9 +203,8 @@ class Leaf(Algorithm):
     def __init__(self, net: LeafNet, num_classes: int, autocast: bool = True, confidence_ceiling: float = 1.0,
                  category_level: bool = True, weight_x: float = LEAF_LABELED_WEIGHT, weight_u: float = 1.0,
                  weight_s: float = LEAF_CONTRASTIVE_WEIGHT, temperature: float = LEAF_CONTRASTIVE_TEMPERATURE,
-                 labeled_prior: torch.Tensor | None = None, rank_below_threshold: bool = False,
-                 logit_adjustment: torch.Tensor | None = None, labeled_view=weak_augment, mixup: float = 0.0) -> None:
-        super().__init__(net, num_classes, autocast, confidence_ceiling, logit_adjustment, labeled_view, mixup)
+                 labeled_prior: torch.Tensor | None = None, rank_below_threshold: bool = False, **shared) -> None:
+        super().__init__(net, num_classes, autocast, confidence_ceiling, **shared)
         self.category_level = category_level
         self.rank_below_threshold = rank_below_threshold
         self.labeled_prior = None if labeled_prior is None else labeled_prior.float() / labeled_prior.sum()

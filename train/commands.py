@@ -34,6 +34,8 @@ OPTION_HELP = {
     "domain_augment": "labeled view with illumination, low resolution, noise, occluders and wider framing jitter",
     "domain_augment_main": "with --domain-augment, the --data faces get it too (--no-domain-augment-main: only "
                            "--extra-data faces; --data keeps the plain view)",
+    "distill_initial": "the --data faces' targets move this share of the way to the --init-weights model's "
+                       "predictions on the same view (learning without forgetting; 0: off)",
     "ferplus_csv": "fer2013new.csv (FER+ votes) to pair with fer2013.csv",
     "val_data": "validation faces (default: a stratified --val-fraction of --data)",
     "unlabeled_data": "extra unlabeled faces: npz with 'images', image(s), folder, or a glob like 'annotations/**/*.faces.npz'",

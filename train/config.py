@@ -77,6 +77,7 @@ class TrainConfig:
     logit_adjustment: float = 0.0
     domain_augment: bool = False
     domain_augment_main: bool = True
+    distill_initial: float = 0.0
     posed_label_weight: float = POSED_LABEL_WEIGHT
     weight_ensemble: float = 1.0
     mixup: float = 0.0
@@ -116,6 +117,10 @@ class TrainConfig:
             raise ConfigError(f"mixup must be ≥ 0, got {self.mixup}")
         if not 0 < self.weight_ensemble <= 1:
             raise ConfigError(f"weight ensemble must be in (0, 1], got {self.weight_ensemble}")
+        if not 0 <= self.distill_initial <= 1:
+            raise ConfigError(f"distill initial must be in [0, 1], got {self.distill_initial}")
+        if self.distill_initial and not self.init_weights:
+            raise ConfigError("distilling the initial model needs one: give --init-weights")
         if self.weight_ensemble < 1 and not self.init_weights:
             raise ConfigError("a weight ensemble below 1 mixes in the initial weights: give --init-weights")
 

@@ -389,7 +389,8 @@ def _set_up(config: TrainConfig, device: torch.device, restart: bool) -> _Traini
     precision = resolve_precision(config.precision, device)
     net = DistributedNet(student, device) if distributed else student
     algorithm = make_algorithm(config, net, splits.labeled_targets, autocast=precision == "bf16",
-                               labeled_weights=splits.labeled_weights)
+                               labeled_weights=splits.labeled_weights,
+                               initial=initial.to(device) if config.distill_initial else None)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     weighted = not np.allclose(splits.labeled_weights, 1.0)
     epoch_draws = int(round(splits.labeled_weights.sum())) if weighted else len(splits.labeled_images)
@@ -493,10 +494,8 @@ def _next_batches(run: _TrainingRun, rng: np.random.Generator, order: np.ndarray
     if len(pick) < config.batch_size:
         pick = rng.choice(len(order), config.batch_size, replace=False)
     pick = rank_share(pick, run.rank, run.world_size)
-    plain = (splits.labeled_main[pick].to(run.device)
-             if config.domain_augment and not config.domain_augment_main else None)
     labeled = Batch(splits.labeled_images[pick].to(run.device).float().unsqueeze(1) / 255.0,
-                    splits.labeled_targets[pick].to(run.device), plain)
+                    splits.labeled_targets[pick].to(run.device), splits.labeled_main[pick].to(run.device))
     if not run.algorithm.uses_unlabeled:
         return labeled, None
     upick = rank_share(rng.integers(0, len(splits.unlabeled_images), config.unlabeled_batch_size), run.rank,
@@ -579,14 +578,17 @@ def confidence_ceiling(config: TrainConfig, labeled_targets: torch.Tensor) -> fl
 
 
 def make_algorithm(config: TrainConfig, net: LeafNet, labeled_targets: torch.Tensor, autocast: bool,
-                   labeled_weights: np.ndarray | None = None) -> Algorithm:
-    """The method of ``config``; thresholds (and LEAF's optional distribution alignment) read the labeled targets."""
+                   labeled_weights: np.ndarray | None = None, initial: LeafNet | None = None) -> Algorithm:
+    """The method of ``config``; thresholds (and LEAF's optional distribution alignment) read the labeled targets;
+    ``initial`` is the network the main data's targets are distilled from (``distill_initial``)."""
     cls = ALGORITHMS[config.method]
     num_classes = net.config.num_classes
     ceiling = confidence_ceiling(config, labeled_targets)
     shared = {"autocast": autocast, "confidence_ceiling": ceiling,
               "labeled_view": domain_augment if config.domain_augment else weak_augment,
               "mixup": config.mixup,
+              "main_view": weak_augment if config.domain_augment and not config.domain_augment_main else None,
+              "distill_from": initial, "distill_weight": config.distill_initial,
               "logit_adjustment": (config.logit_adjustment * training_prior(labeled_targets, labeled_weights).log()
                                    if config.logit_adjustment else None)}
     if config.method == "leaf":
