@@ -1,7 +1,9 @@
 """Models side by side on faces from elsewhere, end to end (detector cascade → aligner → model) on full-size photos.
 
 For each weights file, in one run: TCCE held-out performers (posed studio photos; ``benchmarks/splits.py`` folds),
-the held-out contempt web photos (contempt recall), and FER+ PublicTest majority (8 classes, model-size faces).
+the held-out contempt web photos (contempt recall), FER+ PublicTest majority (8 classes, model-size faces), and what
+the model calls faces of a source no model trained on (``--other-faces``, UTKFace, no expression labels: few if any are
+contemptuous, so its contempt share shows the contempt set's one-source confound).
 ``--cross-validation PATTERN --folds 0 1 2`` adds cross-validation by performer: the weights PATTERN names for fold K
 (``{fold}`` in it) are scored on TCCE fold K's test performers, beside the first ``--models`` entry on the same fold.
 Writes OUTPUT/{results.json,results.md,recall.png}.
@@ -23,12 +25,14 @@ import numpy as np
 from leaf_fer.common import atomic_write_bytes
 from leaf_fer.realtime.evaluate import evaluate_end_to_end, evaluate_npz
 from leaf_fer.realtime.pipeline import PipelineConfig, create_predictor
+from leaf_fer.train.data import load_unlabeled_faces
 from leaf_fer.train.metrics import save_figure
 
 FOCUS = ("anger", "disgust", "fear")
 
 
-def measure(weights: Path, tcce: list[Path], contempt: Path | None, publictest: Path | None) -> dict[str, object]:
+def measure(weights: Path, tcce: list[Path], contempt: Path | None, publictest: Path | None,
+            other_faces: np.ndarray | None) -> dict[str, object]:
     config = PipelineConfig(weights=weights, draw=False, threads=1)
     row: dict[str, object] = {"weights": str(weights)}
     tcce_reports = [evaluate_end_to_end(path, config, progress=False) for path in tcce]
@@ -49,6 +53,12 @@ def measure(weights: Path, tcce: list[Path], contempt: Path | None, publictest: 
             scores, _ = evaluate_npz(predictor, publictest)
         row["publictest"] = {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1,
                              "per_class_recall": scores.per_class_recall}
+    if other_faces is not None:
+        with create_predictor(config) as predictor:
+            predicted = np.concatenate([predictor.predict(other_faces[i:i + 512]).argmax(axis=1)
+                                        for i in range(0, len(other_faces), 512)])
+        shares = np.bincount(predicted, minlength=len(predictor.classes)) / len(predicted)
+        row["other_faces"] = {"faces": len(predicted), "predicted": dict(zip(predictor.classes, shares.tolist()))}
     return row
 
 
@@ -91,13 +101,15 @@ def markdown(rows: dict[str, dict], args: argparse.Namespace) -> str:
              f"{', ' + str(args.contempt) if args.contempt else ''}; one run, same pipeline for every model "
              "(MediaPipe short range, YuNet fallback, aligner); no face counts as a miss.", "",
              "| model | TCCE accuracy | TCCE macro recall | " + " | ".join(f"TCCE {c}" for c in FOCUS) +
-             " | TCCE no face | contempt recall | FER+ PublicTest |", "|---|" + "---|" * (5 + len(FOCUS))]
+             " | TCCE no face | contempt recall | other faces called contempt | FER+ PublicTest |",
+             "|---|" + "---|" * (6 + len(FOCUS))]
     for name, row in rows.items():
         tcce = row["tcce"]
         cells = [f"{100 * tcce['accuracy']:.1f}%", f"{100 * tcce['macro_recall']:.1f}%",
                  *[f"{100 * tcce['per_class_recall'].get(c, 0.0):.1f}%" for c in FOCUS],
                  f"{100 * tcce['no_face_rate']:.1f}%",
                  f"{100 * row['contempt']['recall']:.1f}%" if "contempt" in row else "-",
+                 f"{100 * row['other_faces']['predicted']['contempt']:.1f}%" if "other_faces" in row else "-",
                  f"{100 * row['publictest']['accuracy']:.2f}%" if "publictest" in row else "-"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Per-class recall on TCCE (%):", "",
@@ -105,6 +117,13 @@ def markdown(rows: dict[str, dict], args: argparse.Namespace) -> str:
               "|---|" + "---|" * len(next(iter(rows.values()))["tcce"]["per_class_recall"])]
     for name, row in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in row["tcce"]["per_class_recall"].values()) + " |")
+    others = {name: row["other_faces"] for name, row in rows.items() if "other_faces" in row}
+    if others:
+        first = next(iter(others.values()))
+        lines += ["", f"What each model calls the {first['faces']} faces of {args.other_faces} (%):", "",
+                  "| model | " + " | ".join(first["predicted"]) + " |", "|---|" + "---|" * len(first["predicted"])]
+        for name, other in others.items():
+            lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in other["predicted"].values()) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,13 +153,18 @@ def main() -> None:
     parser.add_argument("--tcce", nargs="+", type=Path, default=[Path("runs/splits/tcce_fold0_test.csv")])
     parser.add_argument("--contempt", type=Path, default=Path("runs/splits/contempt_test.csv"))
     parser.add_argument("--publictest", type=Path, default=Path("../shared/data/fer2013_publictest.npz"))
+    parser.add_argument("--other-faces", type=Path, default=Path("../shared/data/unlabeled/utkface_crop_part1"),
+                        help="faces of another source without expression labels (image folder); '' to skip")
+    parser.add_argument("--other-limit", type=int, default=3000, help="seeded sample of that many of them")
     parser.add_argument("--cross-validation", metavar="PATTERN", help="weights per fold, e.g. runs/cv{fold}/model.safetensors")
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--splits", type=Path, default=Path("runs/splits"))
     parser.add_argument("--output", type=Path, default=Path("reports/cross_dataset"))
     args = parser.parse_args()
     models = dict(spec.split("=", 1) for spec in args.models)
-    rows = {name: measure(Path(weights), args.tcce, args.contempt, args.publictest) for name, weights in models.items()}
+    other = load_unlabeled_faces(args.other_faces, args.other_limit) if str(args.other_faces) not in ("", ".") else None
+    rows = {name: measure(Path(weights), args.tcce, args.contempt, args.publictest, other)
+            for name, weights in models.items()}
     cv = (cross_validate(args.cross_validation, args.folds, Path(next(iter(models.values()))), args.splits)
           if args.cross_validation else None)
     args.output.mkdir(parents=True, exist_ok=True)

@@ -440,10 +440,11 @@ def load_dataset(path: str | Path, ferplus_csv: str | Path | None = None, usage:
     raise DataError(f"{path}: expected an .npz file, a CSV, a RAF-DB list file or an image folder")
 
 
-def load_unlabeled_faces(spec: str | Path) -> np.ndarray:
+def load_unlabeled_faces(spec: str | Path, limit: int = 0) -> np.ndarray:
     """Extra unlabeled faces, uint8 [N,48,48], from a path or a glob pattern (``**`` recursive) matching npz files
     with ``images`` (labels, if any, ignored), face images, or folders of face images (searched recursively). The
-    face crops ``leaf-fer annotate --save-faces`` keeps from your videos: ``annotations/**/*.faces.npz``."""
+    face crops ``leaf-fer annotate --save-faces`` keeps from your videos: ``annotations/**/*.faces.npz``. ``limit``:
+    a seeded sample of at most that many, in their order (0: all)."""
     text = str(spec)
     paths = sorted(Path(p) for p in glob.glob(text, recursive=True)) if glob.has_magic(text) else [Path(text)]
     if not paths:
@@ -451,6 +452,8 @@ def load_unlabeled_faces(spec: str | Path) -> np.ndarray:
     faces = np.concatenate([_unlabeled_from(path) for path in paths])
     if len(faces) == 0:
         raise DataError(f"{text}: no face images found")
+    if 0 < limit < len(faces):
+        faces = faces[np.sort(np.random.default_rng(0).permutation(len(faces))[:limit])]
     return faces
 
 
