@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from leaf_fer.common import atomic_write_bytes
-from leaf_fer.realtime.evaluate import evaluate_end_to_end, evaluate_npz
+from leaf_fer.realtime.evaluate import evaluate_end_to_end, evaluate_npz, predict_in_batches
 from leaf_fer.realtime.pipeline import PipelineConfig, create_predictor
 from leaf_fer.train.data import load_unlabeled_faces
 from leaf_fer.train.metrics import save_figure
@@ -48,17 +48,15 @@ def measure(weights: Path, tcce: list[Path], contempt: Path | None, publictest: 
         predicted = report.scores.confusion[report.scores.classes.index("contempt")]
         row["contempt"] = {"recall": report.scores.per_class_recall["contempt"], "no_face_rate": report.no_face_rate,
                            "predicted": dict(zip(report.scores.classes, (predicted / predicted.sum()).tolist()))}
-    if publictest is not None:
-        with create_predictor(config) as predictor:
+    with create_predictor(config) as predictor:
+        if publictest is not None:
             scores, _ = evaluate_npz(predictor, publictest)
-        row["publictest"] = {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1,
-                             "per_class_recall": scores.per_class_recall}
-    if other_faces is not None:
-        with create_predictor(config) as predictor:
-            predicted = np.concatenate([predictor.predict(other_faces[i:i + 512]).argmax(axis=1)
-                                        for i in range(0, len(other_faces), 512)])
-        shares = np.bincount(predicted, minlength=len(predictor.classes)) / len(predicted)
-        row["other_faces"] = {"faces": len(predicted), "predicted": dict(zip(predictor.classes, shares.tolist()))}
+            row["publictest"] = {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1,
+                                 "per_class_recall": scores.per_class_recall}
+        if other_faces is not None:
+            predicted = predict_in_batches(predictor, other_faces).argmax(axis=1)
+            shares = np.bincount(predicted, minlength=len(predictor.classes)) / len(predicted)
+            row["other_faces"] = {"faces": len(predicted), "predicted": dict(zip(predictor.classes, shares.tolist()))}
     return row
 
 

@@ -6,9 +6,10 @@ on TCCE fold K's held-out performers and on the held-out contempt photos, end to
 cascade + aligner (cached, pixel for pixel what the pipeline classifies; no face counts as a miss), and on FER+
 PublicTest (majority, 8 classes). α = 1 is the fine-tuned model, α = 0 the initial one. With ``--taus``, each mix is
 also scored after post-hoc logit adjustment (Menon et al. 2021): log-probabilities minus τ · log of the class prior
-the fold model's training loss saw (τ = 0: none). Numbers are means over the folds. A guard against the contempt set's one-class, one-source confound: the share of faces from a source no model
-trained on (``--other-faces``, UTKFace, no expression labels, few if any contemptuous) that a model calls contempt.
-Writes OUTPUT/{results.json,results.md,tradeoff.png}.
+the fold model's training loss saw (τ = 0: none). A guard against the contempt set's one-class, one-source confound:
+the share of faces from a source no model trained on (``--other-faces``, UTKFace, no expression labels, few if any
+contemptuous) that a model calls contempt. Numbers are means over the folds. Writes
+OUTPUT/{results.json,results.md,tradeoff.png}.
 
     python benchmarks/recipes_cv.py --recipes 'default=runs/cvA{fold}/model.safetensors' \
         --alphas 0 0.5 0.6 0.7 0.8 0.9 1 [--taus 0 0.2 0.4]

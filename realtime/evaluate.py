@@ -32,6 +32,11 @@ NO_FACE = "no face"
 NPZ_BATCH = 256
 
 
+def predict_in_batches(predictor: Predictor, faces: np.ndarray) -> np.ndarray:
+    """``predictor``'s probabilities [N, C] for model-size faces [N, H, W], NPZ_BATCH faces per call."""
+    return np.concatenate([predictor.predict(faces[i:i + NPZ_BATCH]) for i in range(0, len(faces), NPZ_BATCH)])
+
+
 def evaluate_npz(predictor: Predictor, data_path: str | Path) -> tuple[Scores, str]:
     """Scores of ``predictor`` on an npz of model-size faces, over the classes the model and the data share; returns
     the scores and the protocol used (FER+ majority or FER2013 labels)."""
@@ -45,7 +50,7 @@ def evaluate_npz(predictor: Predictor, data_path: str | Path) -> tuple[Scores, s
     rows = np.flatnonzero(targets.hard >= 0)
     if len(rows) == 0:
         raise ConfigError(f"{data_path}: no sample has a label the model knows")
-    probs = np.concatenate([predictor.predict(data.images[rows[i:i + NPZ_BATCH]]) for i in range(0, len(rows), NPZ_BATCH)])
+    probs = predict_in_batches(predictor, data.images[rows])
     predictions = np.array(shared)[probs[:, shared].argmax(axis=1)]
     remap = {old: new for new, old in enumerate(shared)}
     labels = np.array([remap[y] for y in targets.hard[rows]])

@@ -99,8 +99,8 @@ class Algorithm:
         if self.distill_from is not None:
             with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 remembered = torch.softmax(self.distill_from(self.normalise(images)).float(), dim=-1)
-            share = self.distill_weight * main.float()[:, None]
-            targets = (1 - share) * targets + share * remembered
+            pull = self.distill_weight * main.float()[:, None]
+            targets = (1 - pull) * targets + pull * remembered
         if self.mixup > 0:
             share = torch.distributions.Beta(self.mixup, self.mixup).sample((len(images),)).to(images.device)
             share = torch.maximum(share, 1 - share)
