@@ -65,7 +65,7 @@ def training_log_prior(metadata: WeightsMetadata) -> np.ndarray:
     """Log of the class distribution the model's training loss saw (its run's data, drawn by weight)."""
     config = dict(metadata.training["config"], init_weights=None, weight_ensemble=1.0)
     splits = prepare_splits(TrainConfig.from_dict(config))
-    return training_prior(splits.labeled_targets, splits.labeled_weights).log().numpy()
+    return training_prior(*splits.annotated()).log().numpy()
 
 
 def initial_weights(path: str, metadata: WeightsMetadata, loaded: dict[str, LeafNet]) -> LeafNet:

@@ -4,6 +4,9 @@
   FOLDER/tcce_fold{K}_test.csv, K = 0..N-1, performers dealt to folds in a seeded random order.
 - The contempt web set: a seeded FOLDER/contempt_train.csv and FOLDER/contempt_test.csv (20% held out), so contempt
   recall is measured on faces the model did not train on.
+- Faces of another source (UTKFace, no expression labels): FOLDER/other_faces_train.npz holds those outside the
+  sample that ``cross_dataset.py`` and ``recipes_cv.py`` measure (``--other-faces`` with ``--other-limit``), for
+  ``leaf-fer train --anchor-data``.
 
 The shipped model trains on TCCE fold 0's train split and the contempt train split, and is measured end to end on
 the test splits (``benchmarks/cross_dataset.py``).
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from leaf_fer.common import atomic_write_bytes
+from leaf_fer.train.data import load_unlabeled_faces, seeded_sample
 
 
 def performer_folds(labels: Path, folds: int, seed: int) -> list[tuple[list[dict[str, str]], list[dict[str, str]]]]:
@@ -55,6 +59,8 @@ def write_rows(path: Path, rows: list[dict[str, str]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extra", type=Path, default=Path("../shared/data/extra"))
+    parser.add_argument("--other-faces", type=Path, default=Path("../shared/data/unlabeled/utkface_crop_part1"))
+    parser.add_argument("--other-limit", type=int, default=3000, help="faces the benchmarks measure (held out here)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("runs/splits"))
@@ -69,6 +75,15 @@ def main() -> None:
     write_rows(args.output / "contempt_train.csv", train_rows)
     write_rows(args.output / "contempt_test.csv", test_rows)
     print(f"contempt: {len(train_rows)} train, {len(test_rows)} test images")
+    if not args.other_faces.exists():
+        print(f"other faces: {args.other_faces} not found, no other_faces_train.npz written")
+        return
+    faces = load_unlabeled_faces(args.other_faces)
+    train_faces = np.delete(faces, seeded_sample(len(faces), args.other_limit), axis=0)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=train_faces)
+    atomic_write_bytes(args.output / "other_faces_train.npz", buffer.getvalue())
+    print(f"other faces: {len(train_faces)} train, {len(faces) - len(train_faces)} measured")
 
 
 if __name__ == "__main__":

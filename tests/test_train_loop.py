@@ -127,6 +127,14 @@ def test_extra_sets_are_drawn_by_weight_and_fine_tuning_starts_from_weights(trai
     tuned = tiny_config(train_npz, publictest_npz, tmp_path / "tuned", init_weights=str(tmp_path / "run" / "model.safetensors"),
                         lr=1e-9, warmup_epochs=0.0, distill_initial=0.5)
     train(tuned, progress=False)
+    anchored = tiny_config(train_npz, publictest_npz, tmp_path / "anchored", max_train_samples=100,
+                           init_weights=str(tmp_path / "run" / "model.safetensors"), anchor_data=[f"{folder}@0.5"])
+    splits = prepare_splits(anchored)
+    assert splits.labeled_anchored.tolist() == [False] * main_rows + [True] * 20
+    assert splits.labeled_weights[-20:].tolist() == [0.5] * 20 and (splits.labeled_hard[-20:] == -1).all()
+    targets, weights = splits.annotated()
+    assert len(targets) == len(weights) == main_rows, "anchor faces are left out of the class prior"
+    train(anchored, progress=False)
     before, _ = load_weights(tmp_path / "run" / "model.safetensors")
     after, _ = load_weights(tmp_path / "tuned" / "model.safetensors")
     weight = "classifier.weight"
@@ -218,6 +226,11 @@ def test_main_faces_take_their_own_view_and_move_their_targets_toward_the_initia
     torch.testing.assert_close(targets[:3], 0.75 * torch.eye(8)[:3] + 0.25 * remembered[:3])
     assert torch.equal(targets[3:], batch.targets[3:]), "the extra data's faces keep their labels"
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(8))
+    anchored = Batch(batch.images, batch.targets, main, torch.arange(8) >= 6)
+    images, targets = distilling.labeled_inputs(anchored)
+    remembered = torch.softmax(initial.eval()(distilling.normalise(images)), dim=-1)
+    torch.testing.assert_close(targets[6:], remembered[6:], msg="anchor faces take the initial model's predictions")
+    assert torch.equal(targets[3:6], batch.targets[3:6])
 
 
 def test_weight_ensemble_saves_the_validated_mix_of_teacher_and_initial_weights(train_npz, publictest_npz, tmp_path):

@@ -18,11 +18,13 @@ from .model import LeafNet
 @dataclass
 class Batch:
     """Raw [0,1] images [B,1,H,W]; ``targets`` are soft distributions (labeled batches only); ``main`` [B] marks the
-    labeled faces of the run's main data (``--data``; None: every face is)."""
+    labeled faces of the run's main data (``--data``; None: every face is), ``anchored`` [B] the anchor faces, whose
+    targets are the initial network's predictions (None: none is)."""
 
     images: torch.Tensor
     targets: torch.Tensor | None = None
     main: torch.Tensor | None = None
+    anchored: torch.Tensor | None = None
 
 
 def scalars(**values: torch.Tensor) -> dict[str, float]:
@@ -89,9 +91,9 @@ class Algorithm:
     def labeled_inputs(self, labeled: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The labeled view and its targets. The main data's faces take ``main_view`` where one is set, and with
         ``distill_from`` their targets move ``distill_weight`` of the way to that network's predictions on the same
-        view (learning without forgetting, Li & Hoiem 2016). With ``mixup`` α > 0 each face is then blended with another
-        face of the batch and its target alike (Zhang et al. 2018), λ ~ Beta(α, α) per face with the larger share kept
-        on the face."""
+        view (learning without forgetting, Li & Hoiem 2016); anchor faces' targets are those predictions. With
+        ``mixup`` α > 0 each face is then blended with another face of the batch and its target alike (Zhang et al.
+        2018), λ ~ Beta(α, α) per face with the larger share kept on the face."""
         images, targets = self.labeled_view(labeled.images), labeled.targets
         main = torch.ones(len(images), dtype=torch.bool, device=images.device) if labeled.main is None else labeled.main
         if self.main_view is not None:
@@ -99,8 +101,10 @@ class Algorithm:
         if self.distill_from is not None:
             with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 remembered = torch.softmax(self.distill_from(self.normalise(images)).float(), dim=-1)
-            pull = self.distill_weight * main.float()[:, None]
-            targets = (1 - pull) * targets + pull * remembered
+            pull = self.distill_weight * main.float()
+            if labeled.anchored is not None:
+                pull = torch.where(labeled.anchored, 1.0, pull)
+            targets = (1 - pull[:, None]) * targets + pull[:, None] * remembered
         if self.mixup > 0:
             share = torch.distributions.Beta(self.mixup, self.mixup).sample((len(images),)).to(images.device)
             share = torch.maximum(share, 1 - share)

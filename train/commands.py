@@ -36,6 +36,9 @@ OPTION_HELP = {
                            "--extra-data faces; --data keeps the plain view)",
     "distill_initial": "the --data faces' targets move this share of the way to the --init-weights model's "
                        "predictions on the same view (learning without forgetting; 0: off)",
+    "anchor_data": "faces without labels (any --unlabeled-data form), each PATH or PATH@WEIGHT, trained toward the "
+                   "--init-weights model's predictions on the same view: what it says on a source no labeled set "
+                   "came from (such as: not contempt) is kept",
     "ferplus_csv": "fer2013new.csv (FER+ votes) to pair with fer2013.csv",
     "val_data": "validation faces (default: a stratified --val-fraction of --data)",
     "unlabeled_data": "extra unlabeled faces: npz with 'images', image(s), folder, or a glob like 'annotations/**/*.faces.npz'",

@@ -27,9 +27,11 @@ epoch's weights are kept only there)."""
 LEAF_LABELED_WEIGHT = 2.0
 LEAF_CONTRASTIVE_WEIGHT = 0.0
 LEAF_CONTRASTIVE_TEMPERATURE = 0.07
-INPUT_PATH_OPTIONS = ("data", "extra_data", "val_data", "ferplus_csv", "unlabeled_data", "init_weights")
+INPUT_PATH_OPTIONS = ("data", "extra_data", "anchor_data", "val_data", "ferplus_csv", "unlabeled_data", "init_weights")
 """Options naming files to read: in a YAML config, relative ones are read from the YAML's own folder (``output`` stays
 relative to the current folder, where the run is started)."""
+WEIGHTED_PATH_OPTIONS = ("extra_data", "anchor_data")
+"""Options whose paths may carry ``@WEIGHT`` (:func:`split_extra`)."""
 POSED_LABEL_WEIGHT = 0.5
 """With vote shares, the target is this much the file's label (posed or majority) and the rest the observers' votes
 (the default of ``leaf-fer train --posed-label-weight``)."""
@@ -78,6 +80,7 @@ class TrainConfig:
     domain_augment: bool = False
     domain_augment_main: bool = True
     distill_initial: float = 0.0
+    anchor_data: list[str] = field(default_factory=list)
     posed_label_weight: float = POSED_LABEL_WEIGHT
     weight_ensemble: float = 1.0
     mixup: float = 0.0
@@ -107,7 +110,7 @@ class TrainConfig:
             raise ConfigError(f"unknown precision {self.precision!r}; choose from {list(PRECISIONS)}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("epochs must be ≥ 1 and batch size ≥ 2")
-        for spec in self.extra_data:
+        for spec in (*self.extra_data, *self.anchor_data):
             split_extra(spec)
         if self.logit_adjustment < 0:
             raise ConfigError(f"logit adjustment must be ≥ 0, got {self.logit_adjustment}")
@@ -121,6 +124,8 @@ class TrainConfig:
             raise ConfigError(f"distill initial must be in [0, 1], got {self.distill_initial}")
         if self.distill_initial and not self.init_weights:
             raise ConfigError("distilling the initial model needs one: give --init-weights")
+        if self.anchor_data and not self.init_weights:
+            raise ConfigError("anchor faces take the initial model's predictions as targets: give --init-weights")
         if self.weight_ensemble < 1 and not self.init_weights:
             raise ConfigError("a weight ensemble below 1 mixes in the initial weights: give --init-weights")
 
@@ -137,9 +142,9 @@ def split_extra(spec: str) -> tuple[str, float]:
     try:
         value = float(weight)
     except ValueError:
-        raise ConfigError(f"extra data {spec!r}: expected PATH or PATH@WEIGHT with a number") from None
+        raise ConfigError(f"{spec!r}: expected PATH or PATH@WEIGHT with a number") from None
     if value <= 0:
-        raise ConfigError(f"extra data {spec!r}: the weight must be > 0")
+        raise ConfigError(f"{spec!r}: the weight must be > 0")
     return path, value
 
 
@@ -159,14 +164,14 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     for name in INPUT_PATH_OPTIONS:
         value = values.get(name)
         if isinstance(value, list):
-            values[name] = [_beside(str(item), path.parent, name == "extra_data") for item in value]
+            values[name] = [_beside(str(item), path.parent, name in WEIGHTED_PATH_OPTIONS) for item in value]
         elif isinstance(value, str):
-            values[name] = _beside(value, path.parent, name == "extra_data")
+            values[name] = _beside(value, path.parent, name in WEIGHTED_PATH_OPTIONS)
     return values
 
 
 def _beside(value: str, folder: Path, weighted: bool) -> str:
-    """``value`` (``PATH``, or ``PATH@WEIGHT`` for extra data) with a relative PATH read from ``folder``."""
+    """``value`` (``PATH``, or ``PATH@WEIGHT`` for extra and anchor data) with a relative PATH read from ``folder``."""
     spec, at, weight = value.rpartition("@") if weighted and "@" in value else (value, "", "")
     if Path(spec).expanduser().is_absolute():
         return value

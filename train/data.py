@@ -452,9 +452,14 @@ def load_unlabeled_faces(spec: str | Path, limit: int = 0) -> np.ndarray:
     faces = np.concatenate([_unlabeled_from(path) for path in paths])
     if len(faces) == 0:
         raise DataError(f"{text}: no face images found")
-    if 0 < limit < len(faces):
-        faces = faces[np.sort(np.random.default_rng(0).permutation(len(faces))[:limit])]
-    return faces
+    return faces[seeded_sample(len(faces), limit)]
+
+
+def seeded_sample(count: int, limit: int) -> np.ndarray:
+    """Sorted indices of a seeded sample of at most ``limit`` of ``count`` rows (0: all of them)."""
+    if 0 < limit < count:
+        return np.sort(np.random.default_rng(0).permutation(count)[:limit])
+    return np.arange(count)
 
 
 def _unlabeled_from(path: Path) -> np.ndarray:

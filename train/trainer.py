@@ -38,19 +38,26 @@ THRESHOLD_SAMPLE = 4096  # labeled faces the teacher scores after each epoch to 
 @dataclass
 class Splits:
     """The run's data; ``labeled_main`` marks the labeled faces that come from ``--data`` (the rest from
-    ``--extra-data``); ``unlabeled_hard`` holds the unlabeled faces' true labels where the data has them (-1 elsewhere),
-    for diagnostics (research/pseudo_labels.py) only: no method reads it."""
+    ``--extra-data`` and ``--anchor-data``), ``labeled_anchored`` those from ``--anchor-data`` (their targets, uniform
+    here, are the initial model's predictions in training); ``unlabeled_hard`` holds the unlabeled faces' true labels
+    where the data has them (-1 elsewhere), for diagnostics (research/pseudo_labels.py) only: no method reads it."""
 
     labeled_images: torch.Tensor
     labeled_targets: torch.Tensor
     labeled_hard: torch.Tensor
     labeled_weights: np.ndarray
     labeled_main: torch.Tensor
+    labeled_anchored: torch.Tensor
     unlabeled_images: torch.Tensor
     val_images: torch.Tensor
     val_hard: np.ndarray
     data_hash: str
     unlabeled_hard: np.ndarray
+
+    def annotated(self) -> tuple[torch.Tensor, np.ndarray]:
+        """The targets and draw weights of the labeled faces whose targets come from annotation (not anchors)."""
+        rows = ~self.labeled_anchored
+        return self.labeled_targets[rows], self.labeled_weights[rows.numpy()]
 
 
 def native_bf16() -> bool:
@@ -113,6 +120,16 @@ def prepare_splits(config: TrainConfig) -> Splits:
         labeled_hard = np.concatenate([labeled_hard, extra_targets.hard[rows]])
         labeled_weights = np.concatenate([labeled_weights, np.full(len(rows), weight)])
         extra_hashes.append(extra.content_hash())
+    anchored_from = len(labeled_images)
+    for spec in config.anchor_data:
+        path, weight = split_extra(spec)
+        faces = load_unlabeled_faces(path)
+        print(f"anchor data {path}: {len(faces)} faces, weight {weight:g}")
+        labeled_images = np.concatenate([labeled_images, faces])
+        labeled_soft = np.concatenate([labeled_soft, np.full((len(faces), len(classes)), 1 / len(classes), np.float32)])
+        labeled_hard = np.concatenate([labeled_hard, np.full(len(faces), -1, dtype=labeled_hard.dtype)])
+        labeled_weights = np.concatenate([labeled_weights, np.full(len(faces), weight)])
+        extra_hashes.append(hashlib.sha256(faces.tobytes()).hexdigest()[:16])
     unlabeled_images = train.images[unlabeled_index]
     unlabeled_hard = targets.hard[unlabeled_index]
     data_hash = ":".join([train.content_hash(), val.content_hash(), *extra_hashes])
@@ -127,6 +144,7 @@ def prepare_splits(config: TrainConfig) -> Splits:
         labeled_hard=torch.from_numpy(labeled_hard),
         labeled_weights=labeled_weights,
         labeled_main=torch.arange(len(labeled_images)) < len(labeled_index),
+        labeled_anchored=torch.arange(len(labeled_images)) >= anchored_from,
         unlabeled_images=as_tensor(unlabeled_images),
         val_images=as_tensor(val.images[val_rows]),
         val_hard=val_targets.hard[val_rows],
@@ -388,9 +406,10 @@ def _set_up(config: TrainConfig, device: torch.device, restart: bool) -> _Traini
     teacher = EmaTeacher(student, config.ema_decay)
     precision = resolve_precision(config.precision, device)
     net = DistributedNet(student, device) if distributed else student
-    algorithm = make_algorithm(config, net, splits.labeled_targets, autocast=precision == "bf16",
-                               labeled_weights=splits.labeled_weights,
-                               initial=initial.to(device) if config.distill_initial else None)
+    annotated_targets, annotated_weights = splits.annotated()
+    algorithm = make_algorithm(config, net, annotated_targets, autocast=precision == "bf16",
+                               labeled_weights=annotated_weights,
+                               initial=initial.to(device) if config.distill_initial or config.anchor_data else None)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     weighted = not np.allclose(splits.labeled_weights, 1.0)
     epoch_draws = int(round(splits.labeled_weights.sum())) if weighted else len(splits.labeled_images)
@@ -495,7 +514,8 @@ def _next_batches(run: _TrainingRun, rng: np.random.Generator, order: np.ndarray
         pick = rng.choice(len(order), config.batch_size, replace=False)
     pick = rank_share(pick, run.rank, run.world_size)
     labeled = Batch(splits.labeled_images[pick].to(run.device).float().unsqueeze(1) / 255.0,
-                    splits.labeled_targets[pick].to(run.device), splits.labeled_main[pick].to(run.device))
+                    splits.labeled_targets[pick].to(run.device), splits.labeled_main[pick].to(run.device),
+                    splits.labeled_anchored[pick].to(run.device))
     if not run.algorithm.uses_unlabeled:
         return labeled, None
     upick = rank_share(rng.integers(0, len(splits.unlabeled_images), config.unlabeled_batch_size), run.rank,
@@ -580,7 +600,8 @@ def confidence_ceiling(config: TrainConfig, labeled_targets: torch.Tensor) -> fl
 def make_algorithm(config: TrainConfig, net: LeafNet, labeled_targets: torch.Tensor, autocast: bool,
                    labeled_weights: np.ndarray | None = None, initial: LeafNet | None = None) -> Algorithm:
     """The method of ``config``; thresholds (and LEAF's optional distribution alignment) read the labeled targets;
-    ``initial`` is the network the main data's targets are distilled from (``distill_initial``)."""
+    ``initial`` is the network the main data's targets are distilled from (``distill_initial``) and the anchor faces'
+    targets come from (``anchor_data``)."""
     cls = ALGORITHMS[config.method]
     num_classes = net.config.num_classes
     ceiling = confidence_ceiling(config, labeled_targets)
