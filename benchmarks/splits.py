@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leaf_fer.common import atomic_write_bytes
+from leaf_fer.common import atomic_write_bytes, atomic_write_npz
 from leaf_fer.train.data import load_unlabeled_faces, seeded_sample
 
 
@@ -80,9 +80,7 @@ def main() -> None:
         return
     faces = load_unlabeled_faces(args.other_faces)
     train_faces = np.delete(faces, seeded_sample(len(faces), args.other_limit), axis=0)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, images=train_faces)
-    atomic_write_bytes(args.output / "other_faces_train.npz", buffer.getvalue())
+    atomic_write_npz(args.output / "other_faces_train.npz", images=train_faces)
     print(f"other faces: {len(train_faces)} train, {len(faces) - len(train_faces)} measured")
 
 

@@ -51,6 +51,15 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
+def atomic_write_npz(path: str | os.PathLike[str], **arrays: Any) -> None:
+    """``arrays`` as a compressed npz (no pickle), written atomically."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

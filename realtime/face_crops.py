@@ -9,7 +9,6 @@ cached once in one npz, keyed by every file's SHA-256 and the detector and align
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from leaf_fer.common import atomic_write_bytes, file_sha256
+from leaf_fer.common import atomic_write_npz, file_sha256
 
 from . import align, detector
 from .detector import CascadeDetector
@@ -131,11 +130,8 @@ def crop_files(files: Sequence[str | Path], settings: CropSettings = CropSetting
     finally:
         cropper.close()
     result = FaceCrops(crops, found)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, crops=crops, found=found)
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(cached, buffer.getvalue())
+        atomic_write_npz(cached, crops=crops, found=found)
     except OSError as exc:
         print(f"face crops not cached ({cached.parent}: {exc.strerror or exc})")
     return result
