@@ -1,7 +1,8 @@
 """Training recipes side by side by cross-validation by performer, and their weight-space ensembles (WiSE-FT).
 
-For each recipe (``NAME=PATTERN``, ``{fold}`` in the pattern naming fold K's model), each mixing share α and each
-fold K, the model α · fold-K model + (1 − α) · its initial weights (the ``init_weights`` its metadata names) is scored
+For each recipe (``NAME=PATTERN``, ``{fold}`` in the pattern naming fold K's model; ``PATTERN+PATTERN...``: the
+uniform average of several runs' fold-K models from the same initial weights, a model soup), each mixing share α and
+each fold K, the model α · fold-K model + (1 − α) · its initial weights (the ``init_weights`` its metadata names) is scored
 on TCCE fold K's held-out performers and on the held-out contempt photos, end to end on the crops of the live detector
 cascade + aligner (cached, pixel for pixel what the pipeline classifies; no face counts as a miss), and on FER+
 PublicTest (majority, 8 classes). α = 1 is the fine-tuned model, α = 0 the initial one. With ``--taus``, each mix is
@@ -33,7 +34,7 @@ from leaf_fer.train.metrics import save_figure
 from leaf_fer.train.model import LeafNet
 from leaf_fer.train.model_spec import FERPLUS_CLASSES
 from leaf_fer.train.trainer import predict_probabilities, prepare_splits, training_prior
-from leaf_fer.train.weights import WeightsMetadata, load_weights, mix_weights
+from leaf_fer.train.weights import WeightsMetadata, average_weights, load_weights, mix_weights, model_hash
 
 FOCUS = ("anger", "disgust", "fear")
 
@@ -78,12 +79,23 @@ def initial_weights(path: str, metadata: WeightsMetadata, loaded: dict[str, Leaf
     return loaded[init]
 
 
+def soup(spec: str) -> tuple[LeafNet, WeightsMetadata]:
+    """The model at ``spec``, or the uniform average of the models at ``PATH+PATH...`` (one initial model's runs), with
+    the first one's metadata."""
+    members = [load_weights(path) for path in spec.split("+")]
+    named = [metadata.training.get("config", {}).get("init_weights") for _, metadata in members]
+    inits = {model_hash(init) if init and Path(init).is_file() else init for init in named}
+    if len(inits) > 1:
+        raise LeafFerError(f"{spec}: the models were fine-tuned from different initial weights {named}")
+    return average_weights([net for net, _ in members]), members[0][1]
+
+
 def measure(pattern: str, alphas: list[float], taus: list[float], tcce: dict[int, LabeledCrops],
             contempt: LabeledCrops, publictest: tuple[torch.Tensor, np.ndarray], other_faces: torch.Tensor,
             loaded: dict[str, LeafNet]) -> list[dict[str, object]]:
     folds = list(tcce)
     paths = {fold: pattern.format(fold=fold) for fold in folds}
-    finetuned = {fold: load_weights(path) for fold, path in paths.items()}
+    finetuned = {fold: soup(path) for fold, path in paths.items()}
     inits = ({fold: initial_weights(paths[fold], finetuned[fold][1], loaded) for fold in folds}
              if min(alphas) < 1 else {})
     log_priors = ({fold: training_log_prior(finetuned[fold][1]) for fold in folds} if any(taus)
@@ -170,7 +182,7 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", nargs="+", required=True, metavar="NAME=PATTERN",
-                        help="fold models, {fold} in the pattern")
+                        help="fold models, {fold} in the pattern; PATTERN+PATTERN averages several runs' models")
     parser.add_argument("--alphas", nargs="+", type=float, default=[0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     parser.add_argument("--taus", nargs="+", type=float, default=[0.0],
                         help="post-hoc logit adjustment strengths to score each mix at (0: none)")

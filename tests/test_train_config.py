@@ -53,7 +53,8 @@ def test_a_bad_config_file_is_one_clear_error(tmp_path: Path) -> None:
 def test_options_that_need_initial_weights_refuse_to_run_without_them() -> None:
     from leaf_fer.train.config import TrainConfig
 
-    for option in ({"distill_initial": 0.5}, {"weight_ensemble": 0.9}, {"anchor_data": ["faces/@0.5"]}):
+    for option in ({"distill_initial": 0.5}, {"weight_ensemble": 0.9}, {"anchor_data": ["faces/@0.5"]},
+                   {"soup_with": ["other/model.safetensors"]}):
         with pytest.raises(ConfigError, match="give --init-weights"):
             TrainConfig.from_dict({"data": "faces.npz", **option})
     with pytest.raises(ConfigError, match="distill initial must be in"):

@@ -255,7 +255,7 @@ def test_weight_ensemble_saves_the_validated_mix_of_teacher_and_initial_weights(
     for name, tensor in saved.state_dict().items():
         torch.testing.assert_close(tensor, expected[name])
     config.weight_ensemble = 0.5
-    with pytest.raises(ConfigError, match="weight_ensemble 0.25.*weight_ensemble 0.5 were not kept"):
+    with pytest.raises(ConfigError, match="weight_ensemble 0.25.*weight_ensemble 0.5.* were not kept"):
         train(config, progress=False)
     assert metadata.training["config"]["weight_ensemble"] == 0.25
     config.keep, config.weight_ensemble = "last", 1.0
@@ -267,6 +267,41 @@ def test_weight_ensemble_saves_the_validated_mix_of_teacher_and_initial_weights(
         tiny_config(train_npz, publictest_npz, tmp_path, weight_ensemble=0.5).validate()
     with pytest.raises(ValueError, match="weight ensemble"):
         tiny_config(train_npz, publictest_npz, tmp_path, init_weights=str(start), weight_ensemble=0.0).validate()
+
+
+def test_soup_averages_runs_of_one_initial_model_before_the_mix(train_npz, publictest_npz, tmp_path):
+    from safetensors.torch import load_file
+
+    from leaf_fer.train.weights import average_weights, mix_weights
+
+    train(tiny_config(train_npz, publictest_npz, tmp_path / "start"), progress=False)
+    start = str(tmp_path / "start" / "model.safetensors")
+    for seed in (1, 2):
+        train(tiny_config(train_npz, publictest_npz, tmp_path / f"seed{seed}", init_weights=start, seed=seed, lr=0.05),
+              progress=False)
+    other = str(tmp_path / "seed2" / "model.safetensors")
+    config = tiny_config(train_npz, publictest_npz, tmp_path / "seed1", init_weights=start, seed=1, lr=0.05,
+                         keep="last", weight_ensemble=0.8, soup_with=[other])
+    train(config, progress=False)
+    one, two, initial = (load_weights(tmp_path / name / "model.safetensors")[0] for name in ("seed1", "seed2", "start"))
+    teacher, _ = load_weights(start)
+    state = json.loads((tmp_path / "seed1" / "checkpoint.json").read_text())
+    tensors = load_file(str(tmp_path / "seed1" / state["tensors"]))
+    teacher.load_state_dict({k[len("teacher."):]: v for k, v in tensors.items() if k.startswith("teacher.")})
+    expected = mix_weights(average_weights([teacher, two]), initial, 0.8).state_dict()
+    assert not torch.allclose(teacher.state_dict()["classifier.weight"], two.state_dict()["classifier.weight"])
+    for name, tensor in one.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name])
+    mixed = tiny_config(train_npz, publictest_npz, tmp_path / "seed2", init_weights=start, seed=2, lr=0.05,
+                        keep="last", soup_with=[str(tmp_path / "seed1" / "model.safetensors")])
+    with pytest.raises(ConfigError, match="a mixed model"):
+        train(mixed, progress=False)
+    mixed.soup_with = [other]
+    with pytest.raises(ConfigError, match="this run's own model"):
+        train(mixed, progress=False)
+    foreign = tiny_config(train_npz, publictest_npz, tmp_path / "foreign", init_weights=other, soup_with=[start])
+    with pytest.raises(ConfigError, match="not fine-tuned from"):
+        train(foreign, progress=False)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here): augmentations on a CUDA batch")

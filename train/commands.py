@@ -30,6 +30,10 @@ OPTION_HELP = {
             "(or another --weight-ensemble) writes its final model without training again",
     "weight_ensemble": "the fine-tuned weights' share in model.safetensors, the rest from --init-weights (WiSE-FT; "
                        "1: fine-tuned only); validation scores and selects the mixed model",
+    "soup_with": "unmixed models of other runs from the same --init-weights (model.safetensors of runs with "
+                 "--weight-ensemble 1, such as this recipe with another --seed), averaged with this run's fine-tuned "
+                 "weights before the --weight-ensemble mix (a uniform model soup); a finished run given them writes "
+                 "its model again",
     "posed_label_weight": "labels CSVs with vote shares: the weight of the file's label against the observers' votes",
     "domain_augment": "labeled view with illumination, low resolution, noise, occluders and wider framing jitter",
     "domain_augment_main": "with --domain-augment, the --data faces get it too (--no-domain-augment-main: only "

@@ -20,14 +20,15 @@ PLACEMENT_OPTIONS = ("output", "device", "threads", "precision")
 """Where and how fast a run trains, not what it computes (bf16 autocast changes its rounding, not its recipe)."""
 KEEP = ("best", "last")
 """Which epoch's model ``model.safetensors`` holds: the best on validation, or the last (written when the run ends)."""
-OUTPUT_OPTIONS = ("keep", "weight_ensemble")
+OUTPUT_OPTIONS = ("keep", "weight_ensemble", "soup_with")
 """What ``model.safetensors`` holds, not how the run trains: a finished run given other values writes its model again
 (with ``keep: last``) without training again; ``keep: best`` refuses values other than its model file's (the best
 epoch's weights are kept only there)."""
 LEAF_LABELED_WEIGHT = 2.0
 LEAF_CONTRASTIVE_WEIGHT = 0.0
 LEAF_CONTRASTIVE_TEMPERATURE = 0.07
-INPUT_PATH_OPTIONS = ("data", "extra_data", "anchor_data", "val_data", "ferplus_csv", "unlabeled_data", "init_weights")
+INPUT_PATH_OPTIONS = ("data", "extra_data", "anchor_data", "val_data", "ferplus_csv", "unlabeled_data", "init_weights",
+                      "soup_with")
 """Options naming files to read: in a YAML config, relative ones are read from the YAML's own folder (``output`` stays
 relative to the current folder, where the run is started)."""
 WEIGHTED_PATH_OPTIONS = ("extra_data", "anchor_data")
@@ -82,6 +83,7 @@ class TrainConfig:
     distill_initial: float = 0.0
     anchor_data: list[str] = field(default_factory=list)
     posed_label_weight: float = POSED_LABEL_WEIGHT
+    soup_with: list[str] = field(default_factory=list)
     weight_ensemble: float = 1.0
     mixup: float = 0.0
     keep: str = "best"
@@ -126,6 +128,8 @@ class TrainConfig:
             raise ConfigError("distilling the initial model needs one: give --init-weights")
         if self.anchor_data and not self.init_weights:
             raise ConfigError("anchor faces take the initial model's predictions as targets: give --init-weights")
+        if self.soup_with and not self.init_weights:
+            raise ConfigError("a soup averages runs fine-tuned from one model: give --init-weights")
         if self.weight_ensemble < 1 and not self.init_weights:
             raise ConfigError("a weight ensemble below 1 mixes in the initial weights: give --init-weights")
 

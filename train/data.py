@@ -87,11 +87,7 @@ class FaceData:
         )
 
     def content_hash(self) -> str:
-        digest = hashlib.sha256(np.ascontiguousarray(self.images).tobytes())
-        for extra in (self.ferplus_votes, self.fer2013_labels, self.soft_labels):
-            if extra is not None:
-                digest.update(np.ascontiguousarray(extra).tobytes())
-        return digest.hexdigest()[:16]
+        return arrays_hash(self.images, self.ferplus_votes, self.fer2013_labels, self.soft_labels)
 
 
 @dataclass
@@ -453,6 +449,15 @@ def load_unlabeled_faces(spec: str | Path, limit: int = 0) -> np.ndarray:
     if len(faces) == 0:
         raise DataError(f"{text}: no face images found")
     return faces[seeded_sample(len(faces), limit)]
+
+
+def arrays_hash(*arrays: np.ndarray | None) -> str:
+    """Short SHA-256 of the arrays' bytes in order (None skipped): what a run's data hash is made of."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        if array is not None:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def seeded_sample(count: int, limit: int) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import math
 import os
@@ -27,10 +26,18 @@ from leaf_fer.common import ConfigError, LeafFerError, atomic_write_bytes, file_
 from .algorithms import ALGORITHMS, Algorithm, Batch
 from .augment import domain_augment, weak_augment
 from .config import CLASS_SETS, OUTPUT_OPTIONS, PLACEMENT_OPTIONS, TrainConfig, split_extra
-from .data import load_dataset, load_unlabeled_faces, stratified_fraction, targets_for
+from .data import arrays_hash, load_dataset, load_unlabeled_faces, stratified_fraction, targets_for
 from .metrics import Scores, plot_confusion, plot_curves, score
 from .model import LeafNet, count_parameters
-from .weights import WeightsMetadata, load_weights, mix_weights, read_metadata, save_weights
+from .weights import (
+    WeightsMetadata,
+    average_weights,
+    load_weights,
+    mix_weights,
+    model_hash,
+    read_metadata,
+    save_weights,
+)
 
 THRESHOLD_SAMPLE = 4096  # labeled faces the teacher scores after each epoch to set the class-adaptive thresholds
 
@@ -129,7 +136,7 @@ def prepare_splits(config: TrainConfig) -> Splits:
         labeled_soft = np.concatenate([labeled_soft, np.full((len(faces), len(classes)), 1 / len(classes), np.float32)])
         labeled_hard = np.concatenate([labeled_hard, np.full(len(faces), -1, dtype=labeled_hard.dtype)])
         labeled_weights = np.concatenate([labeled_weights, np.full(len(faces), weight)])
-        extra_hashes.append(hashlib.sha256(faces.tobytes()).hexdigest()[:16])
+        extra_hashes.append(arrays_hash(faces))
     unlabeled_images = train.images[unlabeled_index]
     unlabeled_hard = targets.hard[unlabeled_index]
     data_hash = ":".join([train.content_hash(), val.content_hash(), *extra_hashes])
@@ -137,7 +144,7 @@ def prepare_splits(config: TrainConfig) -> Splits:
         extra = load_unlabeled_faces(config.unlabeled_data)
         unlabeled_images = np.concatenate([unlabeled_images, extra])
         unlabeled_hard = np.concatenate([unlabeled_hard, np.full(len(extra), -1, dtype=unlabeled_hard.dtype)])
-        data_hash += ":" + hashlib.sha256(extra.tobytes()).hexdigest()[:16]
+        data_hash += ":" + arrays_hash(extra)
     return Splits(
         labeled_images=as_tensor(labeled_images),
         labeled_targets=torch.from_numpy(labeled_soft),
@@ -360,6 +367,8 @@ class _TrainingRun:
     state: dict[str, Any]
     initial: LeafNet | None
     """The initial weights to mix into the validated and saved model (``weight_ensemble`` below 1), else None."""
+    soup: list[LeafNet]
+    """Other runs' fine-tuned models averaged with this run's teacher before the mix (``soup_with``)."""
 
     @property
     def total_steps(self) -> int:
@@ -420,6 +429,7 @@ def _set_up(config: TrainConfig, device: torch.device, restart: bool) -> _Traini
         checkpoint=Checkpoint(output),
         state={"epoch": 0, "step": 0, "best_accuracy": -1.0, "history": [], "elapsed_s": 0.0},
         initial=initial.to(device) if config.weight_ensemble < 1 else None,
+        soup=[net.to(device) for net in _soup_members(config)],
     )
     if run.checkpoint.exists() and not restart:
         _resume(run)
@@ -554,10 +564,32 @@ def _evaluate_and_checkpoint(run: _TrainingRun, epoch: int, train_loss: float, l
 
 
 def _deployed(run: _TrainingRun) -> LeafNet:
-    """What ``model.safetensors`` would hold now: the EMA teacher, mixed with the initial weights when asked."""
-    if run.initial is None:
-        return run.teacher.model
-    return mix_weights(run.teacher.model, run.initial, run.config.weight_ensemble)
+    """What ``model.safetensors`` would hold now: the EMA teacher, averaged with the soup's other models and mixed
+    with the initial weights when asked."""
+    model = average_weights([run.teacher.model, *run.soup]) if run.soup else run.teacher.model
+    return model if run.initial is None else mix_weights(model, run.initial, run.config.weight_ensemble)
+
+
+def _soup_members(config: TrainConfig) -> list[LeafNet]:
+    """The models of ``soup_with``, each checked to belong in this run's soup: the same network, unmixed, fine-tuned
+    from the same initial weights, and not this run's own model file."""
+    members = []
+    for path in config.soup_with:
+        if Path(path).resolve() == (Path(config.output) / "model.safetensors").resolve():
+            raise ConfigError(f"{path}: this run's own model; give the models of other runs")
+        net, metadata = load_weights(path)
+        trained = _with_defaults(metadata.training.get("config", {}))
+        if net.config != config.model_config():
+            raise ConfigError(f"{path}: another network than this run's ({net.config.backbone}, "
+                              f"{net.config.num_classes} classes)")
+        if trained["weight_ensemble"] != 1 or trained["soup_with"]:
+            raise ConfigError(f"{path}: a mixed model (--weight-ensemble {trained['weight_ensemble']:g}, "
+                              f"{len(trained['soup_with'])} soup models); give a run's unmixed one (--weight-ensemble 1)")
+        init = trained["init_weights"]
+        if not init or not Path(init).is_file() or model_hash(init) != model_hash(config.init_weights):
+            raise ConfigError(f"{path}: not fine-tuned from --init-weights {config.init_weights} (it names {init})")
+        members.append(net)
+    return members
 
 
 def _save_last(run: _TrainingRun, validated: tuple[LeafNet, Scores] | None) -> None:

@@ -21,6 +21,8 @@ from leaf_fer.common import LeafFerError, atomic_write_bytes, file_sha256
 from .model_spec import ModelConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .model import LeafNet
 
 FORMAT = "leaf-fer-weights/1"
@@ -139,14 +141,23 @@ def load_weights(path: str | os.PathLike[str] | None = None) -> tuple["LeafNet",
     return net.eval(), metadata
 
 
+def average_weights(nets: "Sequence[LeafNet]", shares: "Sequence[float] | None" = None) -> "LeafNet":
+    """A copy of ``nets[0]`` whose floating-point tensors are the ``shares``-weighted sum of ``nets``' (uniform when
+    None; networks of one architecture); counters stay ``nets[0]``'s."""
+    shares = [1 / len(nets)] * len(nets) if shares is None else list(shares)
+    if len(shares) != len(nets) or not nets:
+        raise ValueError(f"{len(nets)} networks and {len(shares)} shares")
+    states = [net.state_dict() for net in nets]
+    averaged = copy.deepcopy(nets[0])
+    averaged.load_state_dict({name: sum(share * state[name].to(tensor) for share, state in zip(shares, states))
+                              if tensor.is_floating_point() else tensor for name, tensor in states[0].items()})
+    return averaged
+
+
 def mix_weights(finetuned: "LeafNet", init: "LeafNet", alpha: float) -> "LeafNet":
-    """A weight-space ensemble (WiSE-FT, Wortsman et al. 2022): a copy of ``finetuned`` whose floating-point tensors
-    are ``alpha`` · fine-tuned + (1 − alpha) · ``init`` (the weights it was fine-tuned from); counters stay as they are."""
-    mixed = copy.deepcopy(finetuned)
-    start = init.state_dict()
-    mixed.load_state_dict({name: alpha * tensor + (1 - alpha) * start[name].to(tensor) if tensor.is_floating_point()
-                           else tensor for name, tensor in finetuned.state_dict().items()})
-    return mixed
+    """A weight-space ensemble (WiSE-FT, Wortsman et al. 2022): ``alpha`` · fine-tuned + (1 − alpha) · ``init`` (the
+    weights it was fine-tuned from)."""
+    return average_weights([finetuned, init], [alpha, 1 - alpha])
 
 
 def model_hash(path: str | os.PathLike[str]) -> str:
