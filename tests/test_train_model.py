@@ -154,6 +154,29 @@ def test_weights_roundtrip_and_refusals(tmp_path):
         load_weights(junk)
 
 
+def test_average_weights_weights_float_tensors_and_keeps_the_first_counters():
+    from leaf_fer.train.weights import average_weights
+
+    torch.manual_seed(0)
+    nets = [LeafNet(ModelConfig(backbone="resnet-xs")) for _ in range(3)]
+    for number, net in enumerate(nets):
+        net.state_dict()["classifier.weight"].fill_(float(number))
+        for buffer in net.buffers():
+            if not buffer.is_floating_point():
+                buffer.fill_(number + 10)
+    uniform = average_weights(nets).state_dict()
+    assert torch.allclose(uniform["classifier.weight"], torch.full_like(uniform["classifier.weight"], 1.0))
+    weighted = average_weights(nets[:2], [0.25, 0.75]).state_dict()
+    assert torch.allclose(weighted["classifier.weight"], torch.full_like(weighted["classifier.weight"], 0.75))
+    counters = [name for name, tensor in uniform.items() if not tensor.is_floating_point()]
+    assert counters and all(int(uniform[name].flatten()[0]) == 10 for name in counters)
+    assert nets[1].state_dict()["classifier.weight"].eq(1.0).all(), "the inputs are left as they were"
+    with pytest.raises(ValueError, match="2 networks and 1 shares"):
+        average_weights(nets[:2], [1.0])
+    with pytest.raises(ValueError, match="no networks"):
+        average_weights([])
+
+
 def test_shipped_default_weights_load():
     net, metadata = load_weights(None)
     assert metadata.model.classes[1] == "happiness"

@@ -144,8 +144,10 @@ def load_weights(path: str | os.PathLike[str] | None = None) -> tuple["LeafNet",
 def average_weights(nets: "Sequence[LeafNet]", shares: "Sequence[float] | None" = None) -> "LeafNet":
     """A copy of ``nets[0]`` whose floating-point tensors are the ``shares``-weighted sum of ``nets``' (uniform when
     None; networks of one architecture); counters stay ``nets[0]``'s."""
+    if not nets:
+        raise ValueError("no networks to average")
     shares = [1 / len(nets)] * len(nets) if shares is None else list(shares)
-    if len(shares) != len(nets) or not nets:
+    if len(shares) != len(nets):
         raise ValueError(f"{len(nets)} networks and {len(shares)} shares")
     states = [net.state_dict() for net in nets]
     averaged = copy.deepcopy(nets[0])
