@@ -34,7 +34,13 @@ from leaf_fer.train.metrics import save_figure
 from leaf_fer.train.model import LeafNet
 from leaf_fer.train.model_spec import FERPLUS_CLASSES
 from leaf_fer.train.trainer import predict_probabilities, prepare_splits, training_prior
-from leaf_fer.train.weights import WeightsMetadata, average_weights, load_weights, mix_weights, model_hash
+from leaf_fer.train.weights import (
+    WeightsMetadata,
+    average_weights,
+    fine_tuned_from,
+    load_weights,
+    mix_weights,
+)
 
 FOCUS = ("anger", "disgust", "fear")
 
@@ -83,9 +89,8 @@ def soup(spec: str) -> tuple[LeafNet, WeightsMetadata]:
     """The model at ``spec``, or the uniform average of the models at ``PATH+PATH...`` (one initial model's runs), with
     the first one's metadata."""
     members = [load_weights(path) for path in spec.split("+")]
-    named = [metadata.training.get("config", {}).get("init_weights") for _, metadata in members]
-    inits = {model_hash(init) if init and Path(init).is_file() else init for init in named}
-    if len(inits) > 1:
+    if len({fine_tuned_from(metadata) for _, metadata in members}) > 1:
+        named = [metadata.training.get("config", {}).get("init_weights") for _, metadata in members]
         raise LeafFerError(f"{spec}: the models were fine-tuned from different initial weights {named}")
     return average_weights([net for net, _ in members]), members[0][1]
 

@@ -32,6 +32,7 @@ from .model import LeafNet, count_parameters
 from .weights import (
     WeightsMetadata,
     average_weights,
+    fine_tuned_from,
     load_weights,
     mix_weights,
     model_hash,
@@ -573,7 +574,8 @@ def _deployed(run: _TrainingRun) -> LeafNet:
 def _soup_members(config: TrainConfig) -> list[LeafNet]:
     """The models of ``soup_with``, each checked to belong in this run's soup: the same network, unmixed, fine-tuned
     from the same initial weights, and not this run's own model file."""
-    members = []
+    members: list[LeafNet] = []
+    initial_hash = model_hash(config.init_weights) if config.soup_with else None
     for path in config.soup_with:
         if Path(path).resolve() == (Path(config.output) / "model.safetensors").resolve():
             raise ConfigError(f"{path}: this run's own model; give the models of other runs")
@@ -585,9 +587,9 @@ def _soup_members(config: TrainConfig) -> list[LeafNet]:
         if trained["weight_ensemble"] != 1 or trained["soup_with"]:
             raise ConfigError(f"{path}: a mixed model (--weight-ensemble {trained['weight_ensemble']:g}, "
                               f"{len(trained['soup_with'])} soup models); give a run's unmixed one (--weight-ensemble 1)")
-        init = trained["init_weights"]
-        if not init or not Path(init).is_file() or model_hash(init) != model_hash(config.init_weights):
-            raise ConfigError(f"{path}: not fine-tuned from --init-weights {config.init_weights} (it names {init})")
+        if fine_tuned_from(metadata) != initial_hash:
+            raise ConfigError(f"{path}: not fine-tuned from --init-weights {config.init_weights} "
+                              f"(it names {trained['init_weights']})")
         members.append(net)
     return members
 

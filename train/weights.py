@@ -166,3 +166,9 @@ def model_hash(path: str | os.PathLike[str]) -> str:
     """Short content hash used to key compiled artifacts."""
     return file_sha256(path)[:16]
 
+
+def fine_tuned_from(metadata: WeightsMetadata) -> str | None:
+    """The content hash (:func:`model_hash`) of the weights a model was fine-tuned from, its training config's
+    ``init_weights``; that path as named where the file is not here; None for a model trained from scratch."""
+    init = metadata.training.get("config", {}).get("init_weights")
+    return model_hash(init) if init and Path(init).is_file() else init
