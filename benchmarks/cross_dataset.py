@@ -4,6 +4,8 @@ For each weights file, in one run: TCCE held-out performers (posed studio photos
 the held-out contempt web photos (contempt recall), FER+ PublicTest majority (8 classes, model-size faces), and what
 the model calls faces of a source no model trained on (``--other-faces``, UTKFace, no expression labels: few if any are
 contemptuous, so its contempt share shows the contempt set's one-source confound).
+``--gray`` also scores grayscale copies of the TCCE photos (as CK+- or JAFFE-like sets come): the detector and the
+aligner then see gray pixels, while the model sees gray crops either way.
 ``--cross-validation PATTERN --folds 0 1 2`` adds cross-validation by performer: the weights PATTERN names for fold K
 (``{fold}`` in it) are scored on TCCE fold K's test performers, beside the first ``--models`` entry on the same fold.
 Writes OUTPUT/{results.json,results.md,recall.png}.
@@ -17,9 +19,12 @@ Writes OUTPUT/{results.json,results.md,recall.png}.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import tempfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from leaf_fer.common import atomic_write_bytes
@@ -31,18 +36,40 @@ from leaf_fer.train.metrics import save_figure
 FOCUS = ("anger", "disgust", "fear")
 
 
-def measure(weights: Path, tcce: list[Path], contempt: Path | None, publictest: Path | None,
+def gray_copies(labels: Path, folder: Path) -> Path:
+    """A labels CSV in ``folder`` whose photos are grayscale PNG copies of those ``labels`` lists."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(labels, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for i, row in enumerate(rows):
+        image = cv2.imread(str(labels.parent / row["file"]), cv2.IMREAD_GRAYSCALE)
+        if image is not None:
+            row["file"] = str(folder / f"{i:05d}.png")
+            cv2.imwrite(row["file"], image)
+    copy = folder / "labels.csv"
+    with open(copy, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return copy
+
+
+def tcce_scores(paths: list[Path], config: PipelineConfig) -> dict[str, object]:
+    reports = [evaluate_end_to_end(path, config, progress=False) for path in paths]
+    return {"folds": [r.to_dict() for r in reports],
+            "accuracy": float(np.mean([r.scores.accuracy for r in reports])),
+            "macro_recall": float(np.mean([r.macro_recall for r in reports])),
+            "no_face_rate": float(np.mean([r.no_face_rate for r in reports])),
+            "per_class_recall": {name: float(np.mean([r.scores.per_class_recall[name] for r in reports]))
+                                 for name in reports[0].scores.per_class_recall}}
+
+
+def measure(weights: Path, tcce: list[Path], tcce_gray: list[Path], contempt: Path | None, publictest: Path | None,
             other_faces: np.ndarray | None) -> dict[str, object]:
     config = PipelineConfig(weights=weights, draw=False, threads=1)
-    row: dict[str, object] = {"weights": str(weights)}
-    tcce_reports = [evaluate_end_to_end(path, config, progress=False) for path in tcce]
-    recalls = {name: float(np.mean([r.scores.per_class_recall[name] for r in tcce_reports]))
-               for name in tcce_reports[0].scores.per_class_recall}
-    row["tcce"] = {"folds": [r.to_dict() for r in tcce_reports],
-                   "accuracy": float(np.mean([r.scores.accuracy for r in tcce_reports])),
-                   "macro_recall": float(np.mean([r.macro_recall for r in tcce_reports])),
-                   "no_face_rate": float(np.mean([r.no_face_rate for r in tcce_reports])),
-                   "per_class_recall": recalls}
+    row: dict[str, object] = {"weights": str(weights), "tcce": tcce_scores(tcce, config)}
+    if tcce_gray:
+        row["tcce_gray"] = tcce_scores(tcce_gray, config)
     if contempt is not None:
         report = evaluate_end_to_end(contempt, config, progress=False)
         predicted = report.scores.confusion[report.scores.classes.index("contempt")]
@@ -122,6 +149,15 @@ def markdown(rows: dict[str, dict], args: argparse.Namespace) -> str:
                   "| model | " + " | ".join(first["predicted"]) + " |", "|---|" + "---|" * len(first["predicted"])]
         for name, other in others.items():
             lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in other["predicted"].values()) + " |")
+    grays = {name: (row["tcce"], row["tcce_gray"]) for name, row in rows.items() if "tcce_gray" in row}
+    if grays:
+        lines += ["", "The same TCCE photos as grayscale copies (`--gray`), colour → gray, %:", "",
+                  "| model | accuracy | macro recall | no face | " + " | ".join(FOCUS) + " |", "|---|" + "---|" * (3 + len(FOCUS))]
+        for name, (colour, gray) in grays.items():
+            pairs = [(colour["accuracy"], gray["accuracy"]), (colour["macro_recall"], gray["macro_recall"]),
+                     (colour["no_face_rate"], gray["no_face_rate"]),
+                     *[(colour["per_class_recall"].get(c, 0.0), gray["per_class_recall"].get(c, 0.0)) for c in FOCUS]]
+            lines.append(f"| {name} | " + " | ".join(f"{100 * a:.1f} → {100 * b:.1f}" for a, b in pairs) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -157,12 +193,15 @@ def main() -> None:
     parser.add_argument("--cross-validation", metavar="PATTERN", help="weights per fold, e.g. runs/cv{fold}/model.safetensors")
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--splits", type=Path, default=Path("runs/splits"))
+    parser.add_argument("--gray", action="store_true", help="also score grayscale copies of the TCCE photos")
     parser.add_argument("--output", type=Path, default=Path("reports/cross_dataset"))
     args = parser.parse_args()
     models = dict(spec.split("=", 1) for spec in args.models)
     other = load_unlabeled_faces(args.other_faces, args.other_limit) if str(args.other_faces) not in ("", ".") else None
-    rows = {name: measure(Path(weights), args.tcce, args.contempt, args.publictest, other)
-            for name, weights in models.items()}
+    with tempfile.TemporaryDirectory() as work:
+        tcce_gray = [gray_copies(path, Path(work) / str(i)) for i, path in enumerate(args.tcce)] if args.gray else []
+        rows = {name: measure(Path(weights), args.tcce, tcce_gray, args.contempt, args.publictest, other)
+                for name, weights in models.items()}
     cv = (cross_validate(args.cross_validation, args.folds, Path(next(iter(models.values()))), args.splits)
           if args.cross_validation else None)
     args.output.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,9 @@
   sample that ``cross_dataset.py`` and ``recipes_cv.py`` measure (``--other-faces`` with ``--other-limit``), for
   ``leaf-fer train --anchor-data``.
 
-The shipped model trains on TCCE fold 0's train split and the contempt train split, and is measured end to end on
-the test splits (``benchmarks/cross_dataset.py``).
+The shipped model trains on every TCCE performer and the contempt train split; its posed-photo accuracy is measured
+on the folds (``benchmarks/recipes_cv.py``), its contempt recall on the contempt test split
+(``benchmarks/cross_dataset.py``).
 
     python benchmarks/splits.py --output runs/splits
 """
