@@ -19,7 +19,6 @@ Writes OUTPUT/{results.json,results.md,recall.png}.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import tempfile
 from pathlib import Path
@@ -30,28 +29,26 @@ import numpy as np
 from leaf_fer.common import atomic_write_bytes
 from leaf_fer.realtime.evaluate import evaluate_end_to_end, evaluate_npz, predict_in_batches
 from leaf_fer.realtime.pipeline import PipelineConfig, create_predictor
-from leaf_fer.train.data import load_unlabeled_faces
+from leaf_fer.train.data import labeled_files, load_unlabeled_faces
 from leaf_fer.train.metrics import save_figure
+from leaf_fer.train.model_spec import FERPLUS_CLASSES
 
 FOCUS = ("anger", "disgust", "fear")
 
 
-def gray_copies(labels: Path, folder: Path) -> Path:
-    """A labels CSV in ``folder`` whose photos are grayscale PNG copies of those ``labels`` lists."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(labels, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for i, row in enumerate(rows):
-        image = cv2.imread(str(labels.parent / row["file"]), cv2.IMREAD_GRAYSCALE)
-        if image is not None:
-            row["file"] = str(folder / f"{i:05d}.png")
-            cv2.imwrite(row["file"], image)
-    copy = folder / "labels.csv"
-    with open(copy, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return copy
+def gray_copies(data: Path, folder: Path) -> Path:
+    """``folder`` as class sub-folders of grayscale PNG copies of the labeled photos ``data`` names (a labels CSV or
+    class sub-folders, read as ``evaluate`` reads them)."""
+    files, labels = labeled_files(data)
+    for i, (file, label) in enumerate(zip(files, labels)):
+        image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            print(f"{file}: not a readable image; skipped")
+            continue
+        copy = folder / FERPLUS_CLASSES[label] / f"{i:05d}.png"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(copy), image)
+    return folder
 
 
 def tcce_scores(paths: list[Path], config: PipelineConfig) -> dict[str, object]:
