@@ -8,6 +8,7 @@ contemptuous, so its contempt share shows the contempt set's one-source confound
 aligner then see gray pixels, while the model sees gray crops either way.
 ``--cross-validation PATTERN --folds 0 1 2`` adds cross-validation by performer: the weights PATTERN names for fold K
 (``{fold}`` in it) are scored on TCCE fold K's test performers, beside the first ``--models`` entry on the same fold.
+Every model runs in FP32 on ONNX Runtime (``benchmarks/precision_fidelity.py`` compares INT8).
 Writes OUTPUT/{results.json,results.md,recall.png}.
 
     python benchmarks/splits.py --output runs/splits
@@ -63,7 +64,7 @@ def tcce_scores(paths: list[Path], config: PipelineConfig) -> dict[str, object]:
 
 def measure(weights: Path, tcce: list[Path], tcce_gray: list[Path], contempt: Path | None, publictest: Path | None,
             other_faces: np.ndarray | None) -> dict[str, object]:
-    config = PipelineConfig(weights=weights, draw=False, threads=1)
+    config = PipelineConfig(weights=weights, precision="fp32", draw=False, threads=1)
     row: dict[str, object] = {"weights": str(weights), "tcce": tcce_scores(tcce, config)}
     if tcce_gray:
         row["tcce_gray"] = tcce_scores(tcce_gray, config)
@@ -89,7 +90,7 @@ def cross_validate(pattern: str, folds: list[int], baseline: Path, splits: Path)
     rows = []
     for fold in folds:
         test = splits / f"tcce_fold{fold}_test.csv"
-        reports = {name: evaluate_end_to_end(test, PipelineConfig(weights=weights, draw=False, threads=1), progress=False)
+        reports = {name: evaluate_end_to_end(test, PipelineConfig(weights=weights, precision="fp32", draw=False, threads=1), progress=False)
                    for name, weights in (("baseline", baseline), ("fold model", Path(pattern.format(fold=fold))))}
         rows.append({"fold": fold, **{name: {"accuracy": r.scores.accuracy, "macro_recall": r.macro_recall,
                                             "per_class_recall": r.scores.per_class_recall}

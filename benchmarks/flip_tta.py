@@ -2,7 +2,7 @@
 
 For each weights file: FER+ PublicTest majority accuracy (8 classes) and TCCE held-out accuracy / macro recall on
 the pipeline's own face crops (``realtime/face_crops.py``, the crops a still gets in ``annotate``), each predicted
-once and as the mean of the face and its mirror image; and ONNX Runtime's per-face latency (1 thread) for one face
+once and as the mean of the face and its mirror image; and ONNX Runtime's per-face latency (FP32, 1 thread) for one face
 against the face plus its mirror in one batch. Writes OUTPUT/flip_tta.{json,md}.
 
     python benchmarks/flip_tta.py --weights train/weights/leaf_fer_default.safetensors
@@ -52,7 +52,7 @@ def main() -> None:
     tcce = load_dataset(args.tcce)
     rows = {}
     for weights in args.weights:
-        predictor = create_predictor(weights, "onnxruntime", threads=1)
+        predictor = create_predictor(weights, "onnxruntime", precision="fp32", threads=1)
         classes = predictor.classes
         sets = {}
         for name, data in (("publictest", public), ("tcce", tcce)):

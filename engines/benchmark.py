@@ -24,7 +24,7 @@ from leaf_fer.common import ConfigError, atomic_write_bytes, figure_png, new_fig
 from leaf_fer.train.weights import default_weights_path, model_hash
 
 from .artifacts import EngineError
-from .names import BENCH_BACKENDS, DEFAULT_BATCHES, REQUIRED_ORT_SPEEDUP
+from .names import BENCH_BACKENDS, DEFAULT_BATCHES, REQUIRED_ORT_SPEEDUP, bench_backend
 from .onnxruntime_backend import default_threads
 from .predictor import Predictor
 
@@ -51,12 +51,11 @@ def summarize(backend: str, batch: int, seconds: Sequence[float]) -> LatencyStat
     return LatencyStats(backend, batch, len(ms), median / batch, p95 / batch, median, p95)
 
 
-def _open(backend: str, weights: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None, threads: int, max_batch: int) -> Predictor:
+def _open(name: str, weights: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None, threads: int, max_batch: int) -> Predictor:
     from .factory import create_predictor
 
-    if backend.startswith("onnxruntime-"):
-        return create_predictor(weights, "onnxruntime", cache_dir, precision=backend.split("-")[1], threads=threads)
-    return create_predictor(weights, backend, cache_dir, threads=threads, max_batch=max_batch)
+    backend, precision = bench_backend(name)
+    return create_predictor(weights, backend, cache_dir, precision=precision, threads=threads, max_batch=max_batch)
 
 
 def _torch_if_installed() -> Any:

@@ -28,6 +28,13 @@ def onnxruntime_unavailable_reason() -> str | None:
     return None
 
 
+def onnxruntime_auto_precision() -> str:
+    """What ``auto`` runs on ONNX Runtime: FP32 where it has a CUDA provider, else INT8 (see :data:`PRECISIONS`)."""
+    import onnxruntime
+
+    return "fp32" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "int8"
+
+
 def torch_unavailable_reason() -> str | None:
     """Why the torch backend cannot be used (None when it can): torch comes with ``leaf-fer[train]``."""
     if importlib.util.find_spec("torch") is None:
@@ -58,8 +65,9 @@ def create_predictor(
 
     ``artifact`` is a compiled .onnx (onnxruntime) or .engine (tensorrt); without it the backend compiles from the
     weights into the cache once and reuses the result. ``precision``: ``auto`` (each backend's own: FP16 engines on
-    TensorRT, FP32 elsewhere) or one of :data:`SUPPORTED`'s; ``auto`` as backend then picks the first backend that runs
-    it (``int8`` and ``fp32``: ONNX Runtime).
+    TensorRT, INT8 on ONNX Runtime on the CPU, FP32 on ONNX Runtime with CUDA and on torch) or one of
+    :data:`SUPPORTED`'s; ``auto`` as backend then picks the first backend that runs it (``int8`` and ``fp32``: ONNX
+    Runtime).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -70,11 +78,11 @@ def create_predictor(
             f"the {backend} backend runs {' or '.join(SUPPORTED[backend])}, not {precision}; "
             f"{precision} runs on {', '.join(b for b, p in SUPPORTED.items() if precision in p)}"
         )
-    onnx_precision = "fp32" if precision == "auto" else precision
     check_backend(backend)
     if backend == "tensorrt":
         return _tensorrt(weights, cache_dir, artifact, max_batch, "requested")
     if backend == "onnxruntime":
+        onnx_precision = onnxruntime_auto_precision() if precision == "auto" else precision
         return _onnxruntime(weights, cache_dir, artifact, onnx_precision, threads, "requested")
     if backend == "torch":
         return _torch(weights, threads, "requested")
@@ -87,6 +95,7 @@ def create_predictor(
     reason = onnxruntime_unavailable_reason()
     if reason is None:
         onnx_artifact = artifact if artifact is not None and str(artifact).endswith(".onnx") else None
+        onnx_precision = onnxruntime_auto_precision() if precision == "auto" else precision
         return _onnxruntime(weights, cache_dir, onnx_artifact, onnx_precision, threads, "auto; " + "; ".join(skipped))
     skipped.append(f"ONNX Runtime skipped: {reason}")
     if precision not in ("auto", "fp32"):

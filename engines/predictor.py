@@ -14,6 +14,7 @@ class Predictor(ABC):
 
     backend_name: str = "abstract"
     backend_reason: str = ""
+    precision: str = "fp32"
 
     def __init__(self, metadata: WeightsMetadata) -> None:
         self.metadata = metadata
@@ -37,8 +38,9 @@ class Predictor(ABC):
         """pixels: float32 [N, 1, H, W] in [0, 255] → probabilities [N, C]."""
 
     def describe(self) -> str:
-        """One line: which backend runs, and why it was chosen when that was automatic."""
-        return f"{self.backend_name} ({self.backend_reason})" if self.backend_reason else self.backend_name
+        """One line: which backend runs at which precision, and why it was chosen when that was automatic."""
+        name = f"{self.backend_name} {self.precision.upper()}"
+        return f"{name} ({self.backend_reason})" if self.backend_reason else name
 
     def close(self) -> None:
         """Release backend resources (sessions, device buffers)."""

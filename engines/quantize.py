@@ -82,6 +82,18 @@ def quantize_int8(fp32_path: str | os.PathLike[str], faces: np.ndarray) -> onnx.
         quantize_static(
             str(prepared), str(quantized), _Faces(faces), quant_format=QuantFormat.QDQ, per_channel=True,
             reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=output_head(onnx.load(str(prepared))),
         )
         return onnx.load(str(quantized))
+
+
+def output_head(model: onnx.ModelProto) -> list[str]:
+    """The nodes that make the graph's output from the last quantised tensor: the output's producer (the softmax) and
+    the producer of its input (the classifier). They stay FP32, so the probabilities are not rounded to 8 bits (they
+    sum to 1, and two classes do not tie at the same step) and the logits keep their resolution."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    softmax = producers[model.graph.output[0].name]
+    head = [softmax.name]
+    if softmax.input[0] in producers:
+        head.append(producers[softmax.input[0]].name)
+    return head

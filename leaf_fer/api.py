@@ -93,6 +93,7 @@ class Analysis:
     width: int
     height: int
     backend: str
+    precision: str
     config: dict[str, Any] = field(repr=False)
     frames: tuple[FrameAnalysis, ...] = field(repr=False)
 
@@ -119,6 +120,7 @@ class Analysis:
             "width": self.width,
             "height": self.height,
             "backend": self.backend,
+            "precision": self.precision,
             "config": self.config,
             "frames": [{"frame": f.frame, "time_s": f.time_s, "faces": [face.to_dict() for face in f.faces]}
                        for f in self.frames],
@@ -243,7 +245,7 @@ class Analyzer:
         return self._analysis(name, 0.0, pixels.shape[1], pixels.shape[0], [_frame_analysis(result)])
 
     def _analysis(self, source: str, fps: float, width: int, height: int, frames: list[FrameAnalysis]) -> Analysis:
-        return Analysis(source, self.classes, fps, width, height, self.pipeline.backend_name,
+        return Analysis(source, self.classes, fps, width, height, self.pipeline.backend_name, self.pipeline.precision,
                         self.pipeline.config.to_dict(), tuple(frames))
 
     def close(self) -> None:

@@ -518,7 +518,8 @@ def _write_outputs(
     video = isinstance(source, VideoFileSource)
     warnings = _input_warnings(source, collector)
     summary = build_summary(
-        path, fingerprint, settings, pipeline.config.to_dict(), pipeline.backend_name, collector, still=still,
+        path, fingerprint, settings, pipeline.config.to_dict(), pipeline.backend_name, pipeline.precision, collector,
+        still=still,
         fps=source.fps if video else 0.0, declared=source.frame_count, truncated=video and source.truncated,
         saved_faces=keeper.count, wall_s=wall_s, outputs=outputs, warnings=warnings,
     ).to_dict()
@@ -647,6 +648,7 @@ class AnnotationSummary:
     settings: dict[str, Any]
     config: dict[str, Any]
     backend: str
+    precision: str
     media: MediaSummary
     frames_with_faces: int
     saved_faces: int
@@ -669,7 +671,7 @@ class AnnotationSummary:
 
 def build_summary(
     path: Path, fingerprint: dict[str, int], settings: dict[str, Any], config: dict[str, Any], backend: str,
-    collector: _Collector, *, still: bool,
+    precision: str, collector: _Collector, *, still: bool,
     fps: float, declared: int | None, truncated: bool, saved_faces: int, wall_s: float, outputs: dict[str, str],
     warnings: list[str], segments: list[dict[str, Any]] | None = None,
 ) -> AnnotationSummary:
@@ -681,6 +683,7 @@ def build_summary(
         settings=settings,
         config=config,
         backend=backend,
+        precision=precision,
         media=MediaSummary(
             kind="image" if still else "video",
             width=collector.width,

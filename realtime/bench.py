@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from leaf_fer.common import LeafFerError, figure_png, new_figure, percentiles
+from leaf_fer.engines.names import BENCH_BACKENDS, bench_backend
 from leaf_fer.engines.predictor import Predictor
 
 from .annotate import OutputPaths, annotate_file, sample_video
@@ -35,7 +36,6 @@ STAGES = ("decode", "detect", "track_align", "infer", "smooth", "draw")
 TARGET_ONE_FACE_P50_MS = 10.0
 TARGET_ANNOTATE_REALTIME = 3.0
 DEFAULT_REPORT_DIR = Path("reports/realtime")
-BACKEND_CANDIDATES = ("onnxruntime", "torch", "tensorrt")
 
 
 def shared_media_dir() -> Path | None:
@@ -81,12 +81,13 @@ def scenarios(workdir: Path, frames: int, one_face_range: str) -> list[Scenario]
 
 
 def available_predictors(backends: tuple[str, ...], weights: str | None) -> Iterator[tuple[str, Predictor | str]]:
-    """(backend, predictor) for each backend that loads, (backend, reason) for each that does not."""
-    for backend in backends:
+    """(name, predictor) for each :data:`BENCH_BACKENDS` name that loads, (name, reason) for each that does not."""
+    for name in backends:
+        backend, precision = bench_backend(name)
         try:
-            yield backend, create_predictor(PipelineConfig(weights=weights, backend=backend))
+            yield name, create_predictor(PipelineConfig(weights=weights, backend=backend, precision=precision))
         except Exception as exc:  # an unavailable backend is a result of the benchmark, not a failure
-            yield backend, f"{type(exc).__name__}: {exc}".splitlines()[0]
+            yield name, f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def measure(
@@ -121,6 +122,7 @@ def measure(
     return {
         "scenario": scenario.name,
         "backend": predictor.backend_name,
+        "precision": predictor.precision,
         "detector_range": scenario.detector_range,
         "frame_size": f"{size[0]}x{size[1]}",
         "frames": len(timings),
@@ -148,6 +150,7 @@ def measure_annotate(predictor: Predictor, workdir: Path, progress: bool) -> dic
     return {
         "input": "sample.mp4",
         "backend": predictor.backend_name,
+        "precision": predictor.precision,
         "frames": summary["media"]["frames"],
         "video_duration_s": duration,
         "wall_s": round(wall, 3),
@@ -172,7 +175,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         stages = " | ".join(f"{r['stages_ms'][s]['p50']:.2f}" for s in STAGES)
         e2e = r["end_to_end_ms"]
         lines.append(
-            f"| {r['scenario']} | {r['backend']} | {r['detector_range']} | {r['faces_per_frame']} | {stages} | "
+            f"| {r['scenario']} | {r['backend']} {r['precision']} | {r['detector_range']} | {r['faces_per_frame']} | {stages} | "
             f"{e2e['p50']:.2f} | {e2e['p95']:.2f} | {e2e['p99']:.2f} | {r['fps']} | "
             f"{r['realtime_budget_ms']} ({r['source_fps']:g} fps) | {r['realtime_headroom']}x |"
         )
@@ -189,7 +192,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"`annotate` of the sample video ({annotate['frames']} frames, {annotate['video_duration_s']} s, backend "
-            f"{annotate['backend']}): {annotate['wall_s']} s wall, {annotate['realtime_factor']}x real time.",
+            f"{annotate['backend']} {annotate['precision']}, the default): {annotate['wall_s']} s wall, {annotate['realtime_factor']}x real time.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -212,7 +215,7 @@ def chart(report: dict[str, Any]) -> bytes:
         ax.hlines(r["realtime_budget_ms"], xi - 0.4, xi + 0.4, colors="gray", linestyles="dashed")
         ax.annotate(f"{r['realtime_budget_ms']:.0f} ms budget", (xi, r["realtime_budget_ms"]), ha="center", va="bottom", fontsize=7)
     ax.axhline(TARGET_ONE_FACE_P50_MS, color="green", linestyle=":", label=f"{TARGET_ONE_FACE_P50_MS:g} ms target (1 face p50)")
-    ax.set_xticks(x, [f"{r['scenario']}\n{r['backend']}" for r in results])
+    ax.set_xticks(x, [f"{r['scenario']}\n{r['backend']} {r['precision']}" for r in results])
     ax.set_ylabel("ms per frame")
     ax.set_title("leaf-fer realtime pipeline latency per frame")
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -223,7 +226,7 @@ def chart(report: dict[str, Any]) -> bytes:
 def run_bench(
     output_dir: str | os.PathLike[str] = DEFAULT_REPORT_DIR,
     *,
-    backends: tuple[str, ...] = BACKEND_CANDIDATES,
+    backends: tuple[str, ...] = BENCH_BACKENDS,
     frames: int = 200,
     warmup: int = 10,
     one_face_range: str = "short",
@@ -251,7 +254,8 @@ def run_bench(
                     for case in cases:
                         results.append(measure(case, predictor, frames, warmup, lambda: bar.update(1)))
             if with_annotate:
-                annotate = measure_annotate(predictors[0][1], workdir, progress)
+                with create_predictor(PipelineConfig(weights=weights)) as default:
+                    annotate = measure_annotate(default, workdir, progress)
         finally:
             for _, predictor in predictors:
                 predictor.close()
@@ -261,7 +265,7 @@ def run_bench(
     if best is not None:
         targets.append(
             {
-                "name": f"1 face end-to-end p50 ({best['backend']}, {best['frame_size']})",
+                "name": f"1 face end-to-end p50 ({best['backend']} {best['precision']}, {best['frame_size']})",
                 "value": f"{best['end_to_end_ms']['p50']} ms",
                 "target": f"<= {TARGET_ONE_FACE_P50_MS:g} ms",
                 "met": best["end_to_end_ms"]["p50"] <= TARGET_ONE_FACE_P50_MS,

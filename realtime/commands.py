@@ -9,12 +9,9 @@ import time
 from pathlib import Path
 
 from leaf_fer.common import ConfigError
-from leaf_fer.engines.names import BACKENDS
+from leaf_fer.engines.names import BENCH_BACKENDS
 
 from .settings import DETECTOR_RANGES, PipelineConfig, option_fields
-
-BENCH_BACKENDS: tuple[str, ...] = tuple(name for name in BACKENDS if name != "auto")
-"""What ``bench --backends`` accepts: every backend, each tried on its own."""
 
 
 def _cores() -> int:
@@ -193,7 +190,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from leaf_fer.common import atomic_write_json
 
     from .evaluate import evaluate_end_to_end, evaluate_npz, write_report
-    from .pipeline import create_predictor
+    from .pipeline import Pipeline, create_predictor
 
     config = pipeline_config(args, draw=False)
     if args.data.suffix == ".npz":
@@ -204,10 +201,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         document = {"data": str(args.data), "protocol": protocol, **scores.to_dict()}
         title = f"{args.data.name}, {protocol}"
     else:
-        report = evaluate_end_to_end(args.data, config, progress=not args.no_progress)
-        print(report.summary())
+        with Pipeline(config) as pipeline:
+            predictor = pipeline.predictor
+            report = evaluate_end_to_end(args.data, pipeline=pipeline, progress=not args.no_progress)
+        print(f"{predictor.describe()}\n{report.summary()}")
         document, scores = report.to_dict(), report.scores
         title = f"{args.data.name}, end to end\nno face {100 * report.no_face_rate:.1f}%"
+    document["inference"] = {"backend": predictor.backend_name, "precision": predictor.precision}
     if args.json:
         atomic_write_json(args.json, document)
     if args.output:

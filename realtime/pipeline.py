@@ -102,6 +102,11 @@ class Pipeline:
     def backend_name(self) -> str:
         return self.predictor.backend_name
 
+    @property
+    def precision(self) -> str:
+        """The precision the backend runs (``auto`` resolved): fp32, fp16 or int8."""
+        return self.predictor.precision
+
     def reset(self) -> None:
         """Start a new, unrelated video: forget tracks (ids restart from 1) and smoothing state."""
         self.tracker.reset()

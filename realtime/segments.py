@@ -203,7 +203,8 @@ def analyse(job: Job, unit: Unit, pipeline: Pipeline, report: Callable[[int], No
     return {
         "status": "done", "folder": str(folder), "read": source.frames_read, "last_ms": source.last_ms,
         "head": head, "tail": tail, "saved_faces": keeper.count, "backend": pipeline.backend_name,
-        "fps": source.fps, "declared": source.frame_count, "draw_ms": part.draw_ms if part else [],
+        "precision": pipeline.precision, "fps": source.fps, "declared": source.frame_count,
+        "draw_ms": part.draw_ms if part else [],
         "started": started, "ended": time.time(),
     }
 
@@ -286,7 +287,7 @@ class Stitcher:
         self.frames = 0
         self.saved_faces = 0
         first = results[0]
-        self.fps, self.declared, self.backend = first["fps"], first["declared"], first["backend"]
+        self.fps, self.declared, self.backend, self.precision = first["fps"], first["declared"], first["backend"], first["precision"]
         self.started = min(r["started"] for r in results)
 
     def stitch(self, width: int, height: int) -> None:
@@ -361,7 +362,8 @@ class Stitcher:
             for k, s in enumerate(self.segments)
         ]
         summary = annotate.build_summary(
-            self.path, self.fingerprint, self.job.settings, self.job.config, self.backend, self.collector, still=False, fps=self.fps,
+            self.path, self.fingerprint, self.job.settings, self.job.config, self.backend, self.precision, self.collector,
+            still=False, fps=self.fps,
             declared=self.declared, truncated=truncated, saved_faces=self.saved_faces, wall_s=wall_s,
             outputs=outputs, warnings=warnings, segments=segments,
         ).to_dict()

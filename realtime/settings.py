@@ -85,8 +85,9 @@ class PipelineConfig:
         choice_labels={"auto": "auto (best available)", "tensorrt": "TensorRT", "onnxruntime": "ONNX Runtime",
                        "torch": "torch"}))
     precision: str = setting("auto", Option(
-        "inference precision: auto (the backend's own: FP16 on TensorRT, else FP32), fp32, fp16, or int8 (ONNX "
-        "Runtime, statically quantised, calibrated on face crops; `leaf-fer compile --target onnx-int8`)",
+        "inference precision: auto (the backend's own: FP16 on TensorRT, INT8 on ONNX Runtime on the CPU, else "
+        "FP32), fp32, fp16, or int8 (ONNX Runtime, statically quantised, calibrated on face crops; `leaf-fer compile "
+        "--target onnx-int8`)",
         flag="--precision", label="Precision", choices=PRECISIONS))
     detector_range: str = setting("short", Option(
         "short: faces within ~2 m, fastest; full: up to ~5 m, group shots", flag="--detector-range",

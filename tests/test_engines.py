@@ -31,6 +31,7 @@ from leaf_fer.engines import (
 from leaf_fer.engines.artifacts import read_sidecar, sidecar_path
 from leaf_fer.engines.benchmark import markdown_table, run_benchmark, summarize, write_report
 from leaf_fer.engines.factory import tensorrt_unavailable_reason
+from leaf_fer.engines.names import BENCH_BACKENDS, bench_backend
 from leaf_fer.engines.onnx_store import ensure_onnx, shipped_onnx
 from leaf_fer.realtime.evaluate import evaluate_npz
 from leaf_fer.train.model import LeafNet, ModelConfig
@@ -323,7 +324,7 @@ def test_auto_picks_the_best_available_backend_and_says_why(
     monkeypatch.setattr(factory, "tensorrt_unavailable_reason", lambda: "forced off by the test")
     ort_choice = create_predictor(backend="auto", cache_dir=cache_dir)
     assert ort_choice.backend_name == "onnxruntime" and "forced off by the test" in ort_choice.describe()
-    assert ort_choice.model_path == shipped_onnx(None)
+    assert ort_choice.model_path == shipped_onnx(None, factory.onnxruntime_auto_precision())
     with pytest.raises(BackendUnavailableError) as refused:
         create_predictor(backend="tensorrt", cache_dir=cache_dir)
     assert "forced off by the test" in _one_line(refused)
@@ -401,6 +402,8 @@ def test_int8_onnx_is_within_half_a_point_of_fp32_on_the_public_test_set(
     fp32_accuracy, int8_accuracy = accuracy(ort_fp32_probs, labels), accuracy(int8_probs, labels)
     assert abs(fp32_accuracy - int8_accuracy) <= 0.005, f"int8 {int8_accuracy:.4f} vs fp32 {fp32_accuracy:.4f}"
     assert (int8_probs.argmax(1) == ort_fp32_probs.argmax(1)).mean() >= 0.97
+    np.testing.assert_allclose(int8_probs.sum(axis=1), 1.0, atol=1e-5, err_msg="the softmax head stays FP32")
+    assert len(np.unique(int8_probs)) > 20 * 255, "probabilities are not rounded to 8 bits"
     assert evaluate_npz(predictor, publictest_npz)[0].accuracy == pytest.approx(int8_accuracy, abs=1e-9), "evaluate's"
     stamp = int8.stat().st_mtime_ns
     assert ensure_onnx(compiled_weights, precision="int8", cache_dir=cache_dir) == int8 and int8.stat().st_mtime_ns == stamp
@@ -419,6 +422,26 @@ def test_precision_picks_a_backend_that_runs_it(
             create_predictor(backend=backend, precision=precision, cache_dir=cache_dir)
     with pytest.raises(ValueError, match="unknown precision"):
         create_predictor(precision="bf16")
+
+
+def test_auto_precision_on_onnxruntime_is_int8_on_the_cpu_and_fp32_with_cuda(
+    cache_dir: Path, onnx_paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime
+
+    cpu_only = "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
+    chosen = create_predictor(backend="onnxruntime", cache_dir=cache_dir)
+    assert chosen.precision == ("int8" if cpu_only else "fp32") and chosen.model_path == shipped_onnx(None, chosen.precision)
+    assert f"onnxruntime {chosen.precision.upper()}" in chosen.describe()
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert factory.onnxruntime_auto_precision() == "fp32"
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert factory.onnxruntime_auto_precision() == "int8"
+
+
+def test_bench_names_map_to_a_backend_and_precision() -> None:
+    assert [bench_backend(name) for name in BENCH_BACKENDS] == [
+        ("torch", "auto"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"), ("onnxruntime", "int8"), ("tensorrt", "auto")]
 
 
 def test_cli_compiles_int8_on_a_given_calibration_set(

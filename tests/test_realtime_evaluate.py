@@ -34,7 +34,10 @@ def test_end_to_end_evaluation_of_a_class_folder(tmp_path: Path, capsys: pytest.
     assert report["end_to_end"]["classes"][-1] == "no face"
     assert report["detected_faces_only"]["count"] == 2
     assert (tmp_path / "report" / "confusion.png").stat().st_size > 10_000
-    assert "no face 33.3%" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no face 33.3%" in out
+    inference = report["inference"]
+    assert f"{inference['backend']} {inference['precision'].upper()}" in out, "the report says what ran"
 
 
 def test_evaluate_refuses_an_unknown_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from leaf_fer.engines.names import BACKENDS
-from leaf_fer.realtime.commands import BENCH_BACKENDS, add_pipeline_options, pipeline_config, register
+from leaf_fer.engines.names import BACKENDS, BENCH_BACKENDS, bench_backend
+from leaf_fer.realtime.commands import add_pipeline_options, pipeline_config, register
 from leaf_fer.realtime.settings import PipelineConfig, option_fields
 
 FLAGS = ("--weights", "--backend", "--precision", "--detector-range", "--no-fallback-detector", "--min-confidence",
@@ -51,7 +51,7 @@ def test_choices_and_help_come_from_the_metadata(capsys: pytest.CaptureFixture[s
     for flag in FLAGS:
         assert flag in help_text
     assert "{" + ",".join(BACKENDS) + "}" in help_text and "(default: 0.65)" in help_text
-    assert set(BENCH_BACKENDS) == set(BACKENDS) - {"auto"}
+    assert {bench_backend(name)[0] for name in BENCH_BACKENDS} == set(BACKENDS) - {"auto"}
 
 
 def test_validation_reads_the_ranges_and_choices_of_the_metadata() -> None:
