@@ -28,6 +28,10 @@ BOX_WIDTH = 0.885
 BOX_CENTER_Y = 0.526
 """Detector box centre height as a fraction of the crop (fallback)."""
 MIN_KEYPOINT_SPAN_PX = 2.0
+ANTIALIAS = "gaussian (f - 1) / 2 after an integer area downscale"
+"""How a face larger than the crop is filtered before the warp (:func:`align_faces`); crop caches are keyed by it."""
+MIN_ANTIALIAS_SIGMA = 0.25
+"""Below this blur (a face at most 1.5x the crop's size) the warp samples the frame unfiltered."""
 
 
 def alignment_matrix(detection: Detection, size: int) -> np.ndarray:
@@ -68,11 +72,47 @@ def alignment_matrix(detection: Detection, size: int) -> np.ndarray:
     )
 
 
+def antialias_sigma(matrix: np.ndarray) -> float:
+    """The Gaussian blur (in frame pixels) that a warp by ``matrix`` needs before sampling: (f - 1) / 2 for a
+    downscale by f frame pixels per crop pixel (scikit-image's rule), 0 when the face is not larger than the crop."""
+    frame_px_per_crop_px = 1.0 / math.sqrt(abs(float(np.linalg.det(matrix[:, :2]))))
+    return max(0.0, (frame_px_per_crop_px - 1.0) / 2.0)
+
+
+def _prefiltered(gray: np.ndarray, matrix: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The frame region the crop samples, blurred by :func:`antialias_sigma`, and the matrix that warps it: only that
+    region is filtered, so the cost follows the face, not the frame."""
+    sigma = antialias_sigma(matrix)
+    if sigma < MIN_ANTIALIAS_SIGMA:
+        return gray, matrix
+    corners = cv2.invertAffineTransform(matrix) @ np.array([[0, size, 0, size], [0, 0, size, size], [1, 1, 1, 1]], float)
+    margin = math.ceil(3 * sigma) + 2
+    height, width = gray.shape
+    x0, y0 = (max(0, math.floor(v) - margin) for v in corners.min(axis=1))
+    x1, y1 = min(width, math.ceil(corners[0].max()) + margin), min(height, math.ceil(corners[1].max()) + margin)
+    if x1 <= x0 or y1 <= y0:
+        return gray, matrix
+    region = gray[y0:y1, x0:x1]
+    shifted = matrix.copy()
+    shifted[:, 2] += matrix[:, :2] @ np.array([x0, y0], float)
+    step = int(sigma) // 2 + 1
+    if step > 1:
+        region = cv2.resize(region, ((x1 - x0) // step, (y1 - y0) // step), interpolation=cv2.INTER_AREA)
+        shifted[:, 2] += shifted[:, :2] @ np.full(2, (step - 1) / 2.0)
+        shifted[:, :2] *= step
+        sigma = antialias_sigma(shifted)
+    if sigma >= MIN_ANTIALIAS_SIGMA:
+        region = cv2.GaussianBlur(region, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+    return region, shifted
+
+
 def align_faces(
     gray: np.ndarray, detections: Sequence[Detection], size: int, out: np.ndarray | None = None
 ) -> np.ndarray:
     """Warp every detected face of a grayscale frame to ``size`` x ``size`` uint8 → array [N, size, size].
 
+    A face larger than the crop is low-pass filtered first (:func:`antialias_sigma`): a bare bilinear warp of a large
+    face aliases its fine detail into a sharper, noisier crop than FER2013's, whose faces were resized with filtering.
     ``out`` (shape [M, size, size], M >= N) is reused when given so the hot path allocates nothing; the result is a
     view of its first N crops. Pixels outside the frame replicate the border (FER2013 crops have no black corners).
     """
@@ -82,12 +122,6 @@ def align_faces(
     if out is None or out.shape[0] < count or out.shape[1:] != (size, size):
         out = np.empty((max(count, 1), size, size), dtype=np.uint8)
     for i, detection in enumerate(detections):
-        cv2.warpAffine(
-            gray,
-            alignment_matrix(detection, size),
-            (size, size),
-            dst=out[i],
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
+        source, matrix = _prefiltered(gray, alignment_matrix(detection, size), size)
+        cv2.warpAffine(source, matrix, (size, size), dst=out[i], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out[:count]

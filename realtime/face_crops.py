@@ -42,7 +42,8 @@ class CropSettings:
 
     def key(self) -> str:
         geometry = (align.EYE_CENTER, align.EYE_DISTANCE, align.EYE_MOUTH_DISTANCE, align.BOX_WIDTH, align.BOX_CENTER_Y,
-                    detector.YUNET_EYE_DROP, detector.YUNET_MOUTH_DROP, detector.YUNET_MIN_SIDE, detector.YUNET_MAX_SIDE)
+                    detector.YUNET_EYE_DROP, detector.YUNET_MOUTH_DROP, detector.YUNET_MIN_SIDE, detector.YUNET_MAX_SIDE,
+                    align.ANTIALIAS, align.MIN_ANTIALIAS_SIGMA)
         return json.dumps({"version": CACHE_VERSION, **asdict(self), "geometry": geometry}, sort_keys=True)
 
 
@@ -84,9 +85,8 @@ class FaceCropper:
         self.detector = CascadeDetector(settings.detector_range, settings.min_detection_confidence,
                                         fallback=settings.fallback_detector)
 
-    def crop(self, image: np.ndarray, box: Box | None = None) -> np.ndarray | None:
-        if image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    def detect(self, image: np.ndarray, box: Box | None = None) -> Detection | None:
+        """The main face of a BGR image as the pipeline detects it (``box``: a face box to prefer), or None."""
         size = detector.detection_size(image.shape, self.settings.detect_max_side)
         small = image if size is None else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         detections = self.detector.detect(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
@@ -95,6 +95,12 @@ class FaceCropper:
         face = best_face(detections, box) if detections else None
         if box is not None and (face is None or not _overlaps(face.box, box)):
             face = Detection(box=box, score=0.0)
+        return face
+
+    def crop(self, image: np.ndarray, box: Box | None = None) -> np.ndarray | None:
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        face = self.detect(image, box)
         if face is None:
             return None
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)

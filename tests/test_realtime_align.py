@@ -1,4 +1,5 @@
-"""Alignment geometry: eyes levelled and placed where FER2013 has them, one batched crop array."""
+"""Alignment geometry: eyes levelled and placed where FER2013 has them, large faces filtered before the warp, one
+batched crop array."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import numpy as np
 import pytest
 from realtime_media import media_file
 
-from leaf_fer.realtime.align import EYE_CENTER, EYE_DISTANCE, align_faces, alignment_matrix
+from leaf_fer.realtime.align import (
+    EYE_CENTER,
+    EYE_DISTANCE,
+    MIN_ANTIALIAS_SIGMA,
+    align_faces,
+    alignment_matrix,
+    antialias_sigma,
+)
 from leaf_fer.realtime.detector import FaceDetector
 from leaf_fer.realtime.sources import read_image
 from leaf_fer.realtime.types import Detection
@@ -90,3 +98,38 @@ def test_align_real_face_batches_into_reused_buffer() -> None:
 def test_align_rejects_color() -> None:
     with pytest.raises(ValueError, match="grayscale"):
         align_faces(np.zeros((10, 10, 3), np.uint8), [], SIZE)
+
+
+def _bare_warp(gray: np.ndarray, detection: Detection) -> np.ndarray:
+    matrix = alignment_matrix(detection, SIZE)
+    return cv2.warpAffine(gray, matrix, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def test_a_large_face_is_low_pass_filtered_before_the_warp() -> None:
+    stripes = np.tile(np.array([40, 215], np.uint8), (720, 640))
+    large = face((640.0, 300.0), 100.0, 0.0)
+    assert antialias_sigma(alignment_matrix(large, SIZE)) > 2.0, "about 5.8 frame pixels per crop pixel"
+    bare, filtered = _bare_warp(stripes, large), align_faces(stripes, [large], SIZE)[0]
+    assert bare.std() > 30, "a bare bilinear warp aliases 2-pixel stripes into a pattern"
+    assert filtered.std() < 3 and abs(float(filtered.mean()) - 127.5) < 3, "filtered, they average to flat gray"
+
+
+def test_the_filter_follows_the_face_and_matches_filtering_the_whole_frame() -> None:
+    rng = np.random.default_rng(0)
+    frame = cv2.GaussianBlur((rng.random((720, 1280)) * 255).astype(np.uint8), (0, 0), 1.0)
+    frame = cv2.normalize(frame, None, 0, 255, cv2.NORM_MINMAX)
+    for iod in (40.0, 100.0):
+        detection = face((640.0, 300.0), iod, 10.0)
+        sigma = antialias_sigma(alignment_matrix(detection, SIZE))
+        whole = _bare_warp(cv2.GaussianBlur(frame, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE), detection)
+        crop = align_faces(frame, [detection], SIZE)[0]
+        if sigma < 2:
+            np.testing.assert_array_equal(crop, whole, err_msg=f"iod {iod}: the Gaussian alone, on the face's region")
+        else:
+            off, bare_off = (float(np.abs(c.astype(int) - whole).mean()) for c in (crop, _bare_warp(frame, detection)))
+            assert off < 0.1 * frame.std() and off < bare_off / 5, f"iod {iod}: an area step, then the Gaussian"
+    small = face((640.0, 300.0), 20.0, 0.0)
+    assert antialias_sigma(alignment_matrix(small, SIZE)) < MIN_ANTIALIAS_SIGMA, "a face about the crop's size"
+    np.testing.assert_array_equal(align_faces(frame, [small], SIZE)[0], _bare_warp(frame, small))
+    corner = face((15.0, 12.0), 100.0, 0.0)
+    assert align_faces(frame, [corner], SIZE).shape == (1, SIZE, SIZE), "a face over the frame's edge still crops"
