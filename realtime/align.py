@@ -96,7 +96,7 @@ def _prefiltered(gray: np.ndarray, matrix: np.ndarray, size: int) -> tuple[np.nd
     shifted = matrix.copy()
     shifted[:, 2] += matrix[:, :2] @ np.array([x0, y0], float)
     step = int(sigma) // 2 + 1
-    if step > 1:
+    if step > 1 and min(x1 - x0, y1 - y0) >= step:
         region = cv2.resize(region, ((x1 - x0) // step, (y1 - y0) // step), interpolation=cv2.INTER_AREA)
         shifted[:, 2] += shifted[:, :2] @ np.full(2, (step - 1) / 2.0)
         shifted[:, :2] *= step

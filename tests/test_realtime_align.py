@@ -133,3 +133,5 @@ def test_the_filter_follows_the_face_and_matches_filtering_the_whole_frame() -> 
     np.testing.assert_array_equal(align_faces(frame, [small], SIZE)[0], _bare_warp(frame, small))
     corner = face((15.0, 12.0), 100.0, 0.0)
     assert align_faces(frame, [corner], SIZE).shape == (1, SIZE, SIZE), "a face over the frame's edge still crops"
+    sliver = face((-60.0, 300.0), 100.0, 0.0)
+    assert align_faces(frame[:, :1], [sliver], SIZE).shape == (1, SIZE, SIZE), "a face off a 1-pixel-wide frame"
