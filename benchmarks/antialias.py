@@ -25,10 +25,10 @@ from tqdm import tqdm
 from leaf_fer.common import atomic_write_bytes
 from leaf_fer.engines import create_predictor
 from leaf_fer.realtime.align import align_faces, alignment_matrix
+from leaf_fer.realtime.evaluate import report_from_answers
 from leaf_fer.realtime.face_crops import CropSettings, FaceCropper
 from leaf_fer.realtime.types import Detection
 from leaf_fer.train.data import labeled_files
-from leaf_fer.train.model_spec import FERPLUS_CLASSES
 
 FOCUS = ("anger", "disgust", "fear")
 SIZE = CropSettings().size
@@ -73,15 +73,10 @@ def crops(files: list[Path]) -> tuple[dict[str, np.ndarray], np.ndarray, dict[st
             {k: float(np.median(v)) for k, v in timings.items()}, float(np.median(factors)))
 
 
-def scores(probabilities: np.ndarray, labels: np.ndarray, found: np.ndarray, classes: tuple[str, ...]) -> dict:
-    """Seven-class answers (TCCE has no contempt); an image without a face is a miss."""
-    basic = [classes.index(name) for name in FERPLUS_CLASSES[:7]]
-    answers = np.asarray(basic)[probabilities[:, basic].argmax(axis=1)]
-    truth = np.array([classes.index(FERPLUS_CLASSES[y]) for y in labels])
-    correct = found & (answers == truth)
-    recall = {FERPLUS_CLASSES[y]: float(correct[labels == y].mean()) for y in np.unique(labels)}
-    return {"accuracy": float(correct.mean()), "macro_recall": float(np.mean(list(recall.values()))),
-            "per_class_recall": recall}
+def scores(probabilities: np.ndarray, labels: list[int], found: np.ndarray, classes: tuple[str, ...]) -> dict:
+    """``evaluate``'s end-to-end scores of one answer per photo (a photo without a face is a miss)."""
+    answers = [p if face else None for p, face in zip(probabilities, found)]
+    return report_from_answers("", labels, answers, classes).to_dict()
 
 
 def markdown(result: dict, args: argparse.Namespace) -> str:
@@ -119,7 +114,7 @@ def main() -> None:
         name, weights = spec.split("=", 1)
         with create_predictor(weights, "onnxruntime", precision="fp32", threads=1) as predictor:
             result["models"][name] = {"weights": weights, **{
-                way: scores(predictor.predict(faces), np.asarray(labels), found, predictor.classes)
+                way: scores(predictor.predict(faces), labels, found, predictor.classes)
                 for way, faces in sets.items()}}
     args.output.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.output / "results.json", json.dumps(result, indent=2).encode())

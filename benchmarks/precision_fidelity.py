@@ -24,7 +24,7 @@ import numpy as np
 from leaf_fer.common import atomic_write_bytes
 from leaf_fer.engines import create_predictor
 from leaf_fer.engines.names import SUPPORTED
-from leaf_fer.realtime.evaluate import predict_in_batches, scored_classes
+from leaf_fer.realtime.evaluate import predict_in_batches, report_from_answers
 from leaf_fer.train.data import face_images, labeled_files, load_npz, load_unlabeled_faces, targets_for
 from leaf_fer.train.model_spec import FERPLUS_CLASSES
 
@@ -47,14 +47,9 @@ def labeled_source(files: list[Path], labels: list[int]) -> dict[str, np.ndarray
 
 
 def scores(probabilities: np.ndarray, source: dict[str, np.ndarray], classes: tuple[str, ...]) -> dict[str, object]:
-    """Accuracy and per-class recall of the largest face's answer among the classes the labels and the model share;
-    an image without a face is a miss."""
-    shared, _ = scored_classes(classes, source["labels"].tolist())
-    answers = np.asarray(shared)[probabilities[:, shared].argmax(axis=1)]
-    correct = source["found"] & (answers == np.asarray([classes.index(FERPLUS_CLASSES[y]) for y in source["labels"]]))
-    recall = {FERPLUS_CLASSES[y]: float(correct[source["labels"] == y].mean()) for y in np.unique(source["labels"])}
-    return {"accuracy": float(correct.mean()), "macro_recall": float(np.mean(list(recall.values()))),
-            "per_class_recall": recall}
+    """``evaluate``'s end-to-end scores of one answer per image (an image without a face is a miss)."""
+    answers = [p if found else None for p, found in zip(probabilities, source["found"])]
+    return report_from_answers("", source["labels"].tolist(), answers, classes).to_dict()
 
 
 def latency_ms(predictor, face: np.ndarray, repeats: int = 300) -> float:

@@ -82,8 +82,7 @@ def create_predictor(
     if backend == "tensorrt":
         return _tensorrt(weights, cache_dir, artifact, max_batch, "requested")
     if backend == "onnxruntime":
-        onnx_precision = onnxruntime_auto_precision() if precision == "auto" else precision
-        return _onnxruntime(weights, cache_dir, artifact, onnx_precision, threads, "requested")
+        return _onnxruntime(weights, cache_dir, artifact, precision, threads, "requested")
     if backend == "torch":
         return _torch(weights, threads, "requested")
 
@@ -95,8 +94,7 @@ def create_predictor(
     reason = onnxruntime_unavailable_reason()
     if reason is None:
         onnx_artifact = artifact if artifact is not None and str(artifact).endswith(".onnx") else None
-        onnx_precision = onnxruntime_auto_precision() if precision == "auto" else precision
-        return _onnxruntime(weights, cache_dir, onnx_artifact, onnx_precision, threads, "auto; " + "; ".join(skipped))
+        return _onnxruntime(weights, cache_dir, onnx_artifact, precision, threads, "auto; " + "; ".join(skipped))
     skipped.append(f"ONNX Runtime skipped: {reason}")
     if precision not in ("auto", "fp32"):
         raise BackendUnavailableError(f"no backend runs {precision} here: " + "; ".join(skipped))
@@ -136,6 +134,8 @@ def _onnxruntime(
 ) -> Predictor:
     from .onnxruntime_backend import OrtPredictor
 
+    if precision == "auto":
+        precision = onnxruntime_auto_precision()
     predictor = OrtPredictor(artifact, weights=weights, precision=precision, cache_dir=cache_dir, threads=threads)
     return _announce(predictor, reason)
 
