@@ -26,6 +26,7 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
+from leaf_fer.common import IMAGE_EXTENSIONS
 from leaf_fer.gui.cameras import CameraProbe
 from leaf_fer.gui.face_panel import FacePanel
 from leaf_fer.gui.settings_form import SettingsForm
@@ -39,10 +40,15 @@ from leaf_fer.gui.worker import (
     backend_label,
 )
 from leaf_fer.realtime.settings import PipelineConfig
-from leaf_fer.realtime.sources import Source
+from leaf_fer.realtime.sources import VIDEO_EXTENSIONS, Source
 
-VIDEO_FILTER = "Videos (*.mp4 *.avi *.mov *.mkv *.webm *.m4v);;All files (*)"
-IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.bmp *.webp *.tif *.tiff);;All files (*)"
+
+def _file_filter(kind: str, extensions: frozenset[str]) -> str:
+    return f"{kind} ({' '.join('*' + suffix for suffix in sorted(extensions))});;All files (*)"
+
+
+VIDEO_FILTER = _file_filter("Videos", VIDEO_EXTENSIONS)
+IMAGE_FILTER = _file_filter("Images", IMAGE_EXTENSIONS)
 STOP_GRACE_MS = 10000
 
 

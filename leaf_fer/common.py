@@ -1,5 +1,5 @@
-"""Helpers every layer shares (train, engines, realtime, gui): the error base class, atomic writes, hashing,
-percentiles and PNG figures. Imports nothing heavy at module level."""
+"""Helpers every layer shares (train, engines, realtime, gui): the error base class, the image file types, atomic
+writes, hashing, percentiles and PNG figures. Imports nothing heavy at module level."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
+"""File suffixes read as images (OpenCV decodes them all), everywhere: sources, annotate, training data, the GUI."""
 
 
 class LeafFerError(Exception):

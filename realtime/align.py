@@ -28,7 +28,7 @@ BOX_WIDTH = 0.885
 BOX_CENTER_Y = 0.526
 """Detector box centre height as a fraction of the crop (fallback)."""
 MIN_KEYPOINT_SPAN_PX = 2.0
-ANTIALIAS = "gaussian (f - 1) / 2 after an integer area downscale"
+ANTIALIAS = "gaussian (f - 1) / 2 after an integer area downscale of whole step x step blocks"
 """How a face larger than the crop is filtered before the warp (:func:`align_faces`); crop caches are keyed by it."""
 MIN_ANTIALIAS_SIGMA = 0.25
 """Below this blur (a face at most 1.5x the crop's size) the warp samples the frame unfiltered."""
@@ -92,15 +92,18 @@ def _prefiltered(gray: np.ndarray, matrix: np.ndarray, size: int) -> tuple[np.nd
     x1, y1 = min(width, math.ceil(corners[0].max()) + margin), min(height, math.ceil(corners[1].max()) + margin)
     if x1 <= x0 or y1 <= y0:
         return gray, matrix
-    region = gray[y0:y1, x0:x1]
     shifted = matrix.copy()
     shifted[:, 2] += matrix[:, :2] @ np.array([x0, y0], float)
     step = int(sigma) // 2 + 1
     if step > 1 and min(x1 - x0, y1 - y0) >= step:
-        region = cv2.resize(region, ((x1 - x0) // step, (y1 - y0) // step), interpolation=cv2.INTER_AREA)
+        columns, rows = (x1 - x0) // step, (y1 - y0) // step
+        region = cv2.resize(gray[y0:y0 + rows * step, x0:x0 + columns * step], (columns, rows),
+                            interpolation=cv2.INTER_AREA)
         shifted[:, 2] += shifted[:, :2] @ np.full(2, (step - 1) / 2.0)
         shifted[:, :2] *= step
         sigma = antialias_sigma(shifted)
+    else:
+        region = gray[y0:y1, x0:x1]
     if sigma >= MIN_ANTIALIAS_SIGMA:
         region = cv2.GaussianBlur(region, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
     return region, shifted

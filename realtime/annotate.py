@@ -37,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from leaf_fer.common import (
+    IMAGE_EXTENSIONS,
     ConfigError,
     figure_png,
     file_sha256,
@@ -49,7 +50,6 @@ from leaf_fer.train.weights import default_weights_path, read_metadata
 from .annotators import class_color
 from .pipeline import Overlay, Pipeline, PipelineConfig
 from .sources import (
-    IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     ImageSource,
     SourceError,

@@ -32,11 +32,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from leaf_fer.common import LeafFerError
+from leaf_fer.common import IMAGE_EXTENSIONS, LeafFerError
 from leaf_fer.train.weights import default_weights_path, read_metadata
 
 from . import annotate, segments
-from .annotate import IMAGE_EXTENSIONS, AnnotateOutcome, OutputPaths
+from .annotate import AnnotateOutcome, OutputPaths
 from .pipeline import Pipeline, PipelineConfig
 from .sources import SourceError, VideoFileSource, VideoIndex, scan_video
 

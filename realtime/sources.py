@@ -25,13 +25,12 @@ from typing import Protocol, TypeVar
 import cv2
 import numpy as np
 
-from leaf_fer.common import LeafFerError
+from leaf_fer.common import IMAGE_EXTENSIONS, LeafFerError
 
 from .types import Frame
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read when FFmpeg first opens a file; failures raise SourceError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 DEFAULT_FPS = 30.0

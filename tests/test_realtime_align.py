@@ -135,3 +135,21 @@ def test_the_filter_follows_the_face_and_matches_filtering_the_whole_frame() -> 
     assert align_faces(frame, [corner], SIZE).shape == (1, SIZE, SIZE), "a face over the frame's edge still crops"
     sliver = face((-60.0, 300.0), 100.0, 0.0)
     assert align_faces(frame[:, :1], [sliver], SIZE).shape == (1, SIZE, SIZE), "a face off a 1-pixel-wide frame"
+
+
+@pytest.mark.parametrize("iod", [100.0, 200.0])
+def test_the_area_step_keeps_the_geometry_wherever_the_face_sits(iod: float) -> None:
+    """A blob lands where the warp's matrix puts it, whatever the parity of the region the area step shrinks."""
+    ys, xs = np.mgrid[0:720, 0:1280]
+    for dx in (0.0, 0.5, 1.0, 1.5, 2.3):
+        detection = face((640.0 + dx, 300.0 + dx / 2), iod, 0.0)
+        matrix = alignment_matrix(detection, SIZE)
+        assert antialias_sigma(matrix) >= 2, "the area step runs"
+        target = np.array([36.0, 36.0])
+        blob = cv2.invertAffineTransform(matrix) @ np.append(target, 1.0)
+        spread = 0.05 * iod
+        frame = (200 * np.exp(-((xs - blob[0]) ** 2 + (ys - blob[1]) ** 2) / (2 * spread**2))).astype(np.uint8)
+        crop = align_faces(frame, [detection], SIZE)[0].astype(float)
+        v, u = np.mgrid[0:SIZE, 0:SIZE]
+        centroid = np.array([(crop * u).sum(), (crop * v).sum()]) / crop.sum()
+        np.testing.assert_allclose(centroid, target, atol=0.03, err_msg=f"face shifted by {dx} px")

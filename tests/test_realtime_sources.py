@@ -43,10 +43,13 @@ def test_image_and_folder(tmp_path: Path) -> None:
     shutil.copy(media_file("multi_face.jpg"), tmp_path / "b.jpg")
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "c.png").write_bytes(b"broken")
+    gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
+    for name in ("d.tiff", "e.pgm"):
+        assert cv2.imwrite(str(tmp_path / name), gray), "grayscale TIFF and PGM, as posed-face sets ship them"
     folder = open_source(tmp_path)
     assert isinstance(folder, FolderSource)
     frames = list(folder)
-    assert [f.image.shape[:2] for f in frames] == [(562, 572), (667, 1000)]
+    assert [f.image.shape for f in frames] == [(562, 572, 3), (667, 1000, 3), (562, 572, 3), (562, 572, 3)]
     assert all(f.still for f in frames)
     assert len(folder.skipped) == 1 and "c.png" in folder.skipped[0]
 

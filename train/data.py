@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from leaf_fer.common import ConfigError, LeafFerError
+from leaf_fer.common import IMAGE_EXTENSIONS, ConfigError, LeafFerError
 
 from .config import POSED_LABEL_WEIGHT
 from .model_spec import FER2013_CLASSES, FERPLUS_CLASSES
@@ -40,7 +40,6 @@ VOTE_SHARE_COLUMNS = {"vote_peace": "neutral", "vote_happy": "happiness", "vote_
                       "vote_contempt": "contempt"}
 """Observer vote-share columns a labels CSV may carry (TCCE's layout), by FER+ class."""
 FERPLUS_VOTE_COLUMNS = (*FERPLUS_CLASSES, "unknown", "NF")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm"}
 CLASS_SYNONYMS = {
     "neutral": "neutral",
     "happy": "happiness",
@@ -249,7 +248,7 @@ def image_folder_files(root: str | Path) -> tuple[list[Path], list[int]]:
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         index = class_index(folder.name, str(folder))
         for file in sorted(folder.iterdir()):
-            if file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith("."):
+            if file.suffix.lower() in IMAGE_EXTENSIONS and not file.name.startswith("."):
                 files.append(file)
                 labels.append(index)
     if not files:
@@ -472,8 +471,8 @@ def _unlabeled_from(path: Path) -> np.ndarray:
         images = _read_npz(path, {"images": None})["images"]
         return _as_face_images(images, str(path)) if len(images) else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     if path.is_dir():
-        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-    elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    elif path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
         files = [path]
     else:
         raise DataError(f"{path}: expected an .npz file, a face image or a folder of face images")
