@@ -108,6 +108,21 @@ def test_labels_csv_rejects_unknown_classes(tmp_path: Path) -> None:
         load_labels_csv(path)
 
 
+def test_labels_csv_columns_go_by_other_names(tmp_path: Path) -> None:
+    """``image``/``Emotion`` and the like, a byte-order mark, an upper-case suffix, posed sets' two-letter codes."""
+    path = tmp_path / "LEGEND.CSV"
+    path.write_text("\ufeffuser,Image,Emotion\nu1,faces/a.jpg,HAPPINESS\nu2,/abs/b.png,Sad\nu3,c.tiff,FE\n",
+                    encoding="utf-8")
+    files, labels = labeled_files(path)
+    assert files == [tmp_path / "faces" / "a.jpg", Path("/abs/b.png"), tmp_path / "c.tiff"]
+    assert labels == [FERPLUS_CLASSES.index(c) for c in ("happiness", "sadness", "fear")]
+    missing = write_csv(tmp_path / "no_label.csv", ["file", "score"], [["x.jpg", 1]])
+    with pytest.raises(DataError, match=r"missing column\(s\) label \(or emotion, expression, class\)"):
+        labeled_files(missing)
+    with pytest.raises(DataError, match="unknown CSV layout"):
+        load_dataset(missing)
+
+
 def test_rafdb_list_file_with_aligned_images(tmp_path: Path, face_frame: np.ndarray, cache: Path) -> None:
     aligned = tmp_path / "Image" / "aligned"
     aligned.mkdir(parents=True)

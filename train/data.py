@@ -54,8 +54,19 @@ CLASS_SYNONYMS = {
     "disgusted": "disgust",
     "fear": "fear",
     "fearful": "fear",
+    "afraid": "fear",
+    "scared": "fear",
     "contempt": "contempt",
+    "contemptuous": "contempt",
+    **{code: name for name, codes in (("neutral", "ne"), ("happiness", "ha"), ("surprise", "su"), ("sadness", "sa"),
+                                      ("anger", "an"), ("disgust", "di"), ("fear", "fe af"))
+       for code in codes.split()},
 }
+"""Class names and synonyms (lower case) → FER+ class; the two-letter codes are those of posed-face sets' file names
+(NE, HA, SU, SA, AN, DI, FE or AF)."""
+LABELS_CSV_COLUMNS = {"file": ("file", "image", "path", "filename", "file_name", "image_path", "img"),
+                      "label": ("label", "emotion", "expression", "class")}
+"""A labels CSV's two columns and the other names they are found under (any case)."""
 
 
 class DataError(LeafFerError, ValueError):
@@ -220,7 +231,7 @@ def load_fer2013_csv(fer2013_csv: str | Path, ferplus_csv: str | Path | None = N
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in required if c not in columns]
@@ -302,18 +313,39 @@ def _resolve(base: Path, name: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _labels_columns(columns: list[str]) -> dict[str, str | None]:
+    """Which of ``columns`` holds a labels CSV's file and which its label (None: none does)."""
+    by_name = {c.lower(): c for c in columns}
+    return {key: next((by_name[a] for a in aliases if a in by_name), None) for key, aliases in LABELS_CSV_COLUMNS.items()}
+
+
+def _labels_table(path: Path) -> tuple[list[dict[str, str]], list[Path], np.ndarray]:
+    """A labels CSV's rows, image files and FER+ class indices; its columns may go by any name of
+    :data:`LABELS_CSV_COLUMNS`."""
+    _require_file(path)
+    columns = csv_columns(path)
+    found = _labels_columns(columns)
+    missing = [f"{key} (or {', '.join(LABELS_CSV_COLUMNS[key][1:])})" for key, column in found.items() if column is None]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {'; '.join(missing)}; found {columns}")
+    rows = _read_csv(path, required=())
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    files = [_resolve(path.parent, row[found["file"]]) for row in rows]
+    labels = np.array([class_index(row[found["label"]], f"{path}: row {i + 2}") for i, row in enumerate(rows)])
+    return rows, files, labels
+
+
 def load_labels_csv(path: str | Path, label_weight: float = POSED_LABEL_WEIGHT) -> FaceData:
-    """A labels CSV: ``file`` (relative to the CSV's folder, or absolute) and ``label`` (a class name) per row.
+    """A labels CSV: ``file`` (relative to the CSV's folder, or absolute) and ``label`` (a class name) per row; the
+    columns may also be called ``image``/``path``/``filename`` and ``emotion``/``expression``/``class``.
 
     Vote-share columns (:data:`VOTE_SHARE_COLUMNS`, TCCE's layout) turn the target into a distribution: weight
     ``label_weight`` on the label, the rest on the observers' normalised votes."""
     if not 0.0 <= label_weight <= 1.0:
         raise DataError(f"the label's weight against the vote shares must be in [0, 1], got {label_weight}")
     path = Path(path)
-    _require_file(path)
-    rows = _read_csv(path, required=("file", "label"))
-    files = [_resolve(path.parent, row["file"]) for row in rows]
-    labels = np.array([class_index(row["label"], f"{path}: row {i + 2}") for i, row in enumerate(rows)])
+    rows, files, labels = _labels_table(path)
     soft = np.zeros((len(rows), len(FERPLUS_CLASSES)), np.float32)
     soft[np.arange(len(rows)), labels] = 1.0
     vote_columns = [c for c in VOTE_SHARE_COLUMNS if rows and c in rows[0]]
@@ -340,14 +372,9 @@ def labeled_files(path: str | Path) -> tuple[list[Path], list[int]]:
     path = Path(path)
     if path.is_dir():
         return image_folder_files(path)
-    if path.suffix == ".csv":
-        _require_file(path)
-        rows = _read_csv(path, required=("file", "label"))
-        files = [_resolve(path.parent, row["file"]) for row in rows]
-        labels = [class_index(row["label"], f"{path}: row {i + 2}") for i, row in enumerate(rows)]
-        if not files:
-            raise DataError(f"{path}: no rows")
-        return files, labels
+    if path.suffix.lower() == ".csv":
+        _, files, labels = _labels_table(path)
+        return files, labels.tolist()
     raise DataError(f"{path}: expected a folder with one sub-folder per class or a labels CSV (file, label)")
 
 
@@ -406,7 +433,7 @@ def load_affectnet_csv(path: str | Path, image_root: str | Path | None = None) -
 
 def csv_columns(path: Path) -> list[str]:
     _require_file(path)
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         return [c.strip() for c in next(csv.reader(handle), [])]
 
 
@@ -416,19 +443,20 @@ def load_dataset(path: str | Path, ferplus_csv: str | Path | None = None, usage:
     CSV, a labels CSV, whose vote shares weigh against its label as ``label_weight`` says); RAF-DB's ``.txt`` list
     file; or a class-folder tree."""
     path = Path(path)
-    if path.suffix == ".npz":
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
         return load_npz(path)
-    if path.suffix == ".csv":
+    if suffix == ".csv":
         columns = csv_columns(path)
         if "pixels" in columns:
             return load_fer2013_csv(path, ferplus_csv, usage)
         if "subDirectory_filePath" in columns:
             return load_affectnet_csv(path)
-        if {"file", "label"} <= set(columns):
+        if None not in _labels_columns(columns).values():
             return load_labels_csv(path, label_weight)
         raise DataError(f"{path}: unknown CSV layout (columns {columns}); expected fer2013.csv (emotion, pixels, Usage), "
                         "a labels CSV (file, label) or an AffectNet CSV (subDirectory_filePath, face_x, ..., expression)")
-    if path.suffix == ".txt":
+    if suffix == ".txt":
         return load_rafdb(path)
     if path.is_dir():
         return load_image_folder(path)
