@@ -14,7 +14,7 @@ import io
 import json
 import os
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from leaf_fer.common import ConfigError
+from leaf_fer.realtime.annotate import TrackSummary, summarize_track
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
 from leaf_fer.realtime.sources import VideoFileSource, read_image
 from leaf_fer.realtime.types import Frame, FrameResult
@@ -102,6 +103,18 @@ class Analysis:
         """Every face of every frame, in frame order."""
         return [face for frame in self.frames for face in frame.faces]
 
+    @property
+    def tracks(self) -> list[TrackSummary]:
+        """One summary per track (a face followed over frames), by track id: first and last frame, dominant label,
+        label counts and mean probabilities, as in annotate's JSON summary."""
+        by_track: dict[int, list[FaceResult]] = {}
+        for face in self.faces:
+            by_track.setdefault(face.track_id, []).append(face)
+        return [summarize_track(track_id, [f.frame for f in faces], [f.time_s for f in faces],
+                                [list(f.smoothed.values()) for f in faces],
+                                [list(f.probabilities.values()) for f in faces], self.classes)
+                for track_id, faces in sorted(by_track.items())]
+
     def to_csv(self, path: str | os.PathLike[str] | None = None) -> str | None:
         """annotate's CSV (one row per face): the text, or None after writing it atomically to ``path``."""
         buffer = io.StringIO()
@@ -124,6 +137,7 @@ class Analysis:
             "config": self.config,
             "frames": [{"frame": f.frame, "time_s": f.time_s, "faces": [face.to_dict() for face in f.faces]}
                        for f in self.frames],
+            "tracks": [asdict(track) for track in self.tracks],
         }
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str | None:

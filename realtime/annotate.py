@@ -342,26 +342,8 @@ class _Collector:
             track["raw"].append(face.probabilities)
 
     def track_summaries(self) -> list[TrackSummary]:
-        out = []
-        for track_id, track in sorted(self.tracks.items()):
-            smoothed = np.asarray(track["smoothed"])
-            labels = np.bincount(smoothed.argmax(axis=1), minlength=len(self.classes))
-            out.append(
-                TrackSummary(
-                    track_id=track_id,
-                    first_frame=track["frame"][0],
-                    last_frame=track["frame"][-1],
-                    frames=len(track["frame"]),
-                    first_time_s=round(track["time"][0], 3),
-                    last_time_s=round(track["time"][-1], 3),
-                    dominant_label=self.classes[int(labels.argmax())],
-                    label_counts={c: int(n) for c, n in zip(self.classes, labels)},
-                    mean_probabilities={
-                        c: round(float(p), 4) for c, p in zip(self.classes, np.asarray(track["raw"]).mean(axis=0))
-                    },
-                )
-            )
-        return out
+        return [summarize_track(track_id, track["frame"], track["time"], track["smoothed"], track["raw"], self.classes)
+                for track_id, track in sorted(self.tracks.items())]
 
 
 class _FaceKeeper:
@@ -625,6 +607,24 @@ class TrackSummary:
     dominant_label: str
     label_counts: dict[str, int]
     mean_probabilities: dict[str, float]
+
+
+def summarize_track(track_id: int, frames: Sequence[int], times: Sequence[float], smoothed: Sequence[np.ndarray],
+                    raw: Sequence[np.ndarray], classes: tuple[str, ...]) -> TrackSummary:
+    """One track's summary from its faces in frame order: the smoothed top class of each and the mean raw
+    probabilities."""
+    labels = np.bincount(np.asarray(smoothed).argmax(axis=1), minlength=len(classes))
+    return TrackSummary(
+        track_id=track_id,
+        first_frame=frames[0],
+        last_frame=frames[-1],
+        frames=len(frames),
+        first_time_s=round(times[0], 3),
+        last_time_s=round(times[-1], 3),
+        dominant_label=classes[int(labels.argmax())],
+        label_counts={c: int(n) for c, n in zip(classes, labels)},
+        mean_probabilities={c: round(float(p), 4) for c, p in zip(classes, np.asarray(raw).mean(axis=0))},
+    )
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
@@ -118,8 +119,23 @@ def test_json(sample: leaf_fer.Analysis, tmp_path: Path) -> None:
     assert face == {"track_id": 1, "box": list(first.box), "score": first.score,
                     "keypoints": [list(p) for p in first.keypoints], "probabilities": first.probabilities,
                     "smoothed": first.smoothed, "label": first.label, "confidence": first.confidence}
+    assert data["tracks"] == [dataclasses.asdict(track) for track in sample.tracks]
     assert sample.to_json(tmp_path / "a.json") is None
     assert json.loads((tmp_path / "a.json").read_text()) == data
+
+
+def test_tracks_summarise_each_face_followed_over_frames(sample: leaf_fer.Analysis) -> None:
+    tracks = sample.tracks
+    assert [t.track_id for t in tracks] == sorted({f.track_id for f in sample.faces})
+    assert sum(t.frames for t in tracks) == len(sample.faces)
+    for track in tracks:
+        faces = [f for f in sample.faces if f.track_id == track.track_id]
+        labels = [f.label for f in faces]
+        assert (track.first_frame, track.last_frame) == (faces[0].frame, faces[-1].frame)
+        assert track.label_counts == {c: labels.count(c) for c in sample.classes}
+        assert track.dominant_label == max(sample.classes, key=labels.count)
+        mean = np.mean([list(f.probabilities.values()) for f in faces], axis=0)
+        assert list(track.mean_probabilities.values()) == pytest.approx(mean, abs=5e-5)
 
 
 def test_multi_face_image_path_and_array(analyzer: leaf_fer.Analyzer) -> None:
