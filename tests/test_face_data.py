@@ -121,6 +121,8 @@ def test_labels_csv_columns_go_by_other_names(tmp_path: Path) -> None:
         labeled_files(missing)
     with pytest.raises(DataError, match="unknown CSV layout"):
         load_dataset(missing)
+    with pytest.raises(DataError, match="nowhere: no such file or folder"):
+        labeled_files(tmp_path / "nowhere")
 
 
 def test_rafdb_list_file_with_aligned_images(tmp_path: Path, face_frame: np.ndarray, cache: Path) -> None:

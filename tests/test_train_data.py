@@ -96,14 +96,17 @@ def test_image_folder(tmp_path):
     assert sorted(hard.tolist()) == [0, 0, 0, 1, 1, 3]
 
 
-def test_image_folder_errors(tmp_path):
+def test_image_folder_errors(tmp_path, capsys):
     with pytest.raises(DataError, match="folder not found"):
         load_image_folder(tmp_path / "nope")
     with pytest.raises(DataError, match="no images"):
         load_image_folder(tmp_path)
     (tmp_path / "bored").mkdir()
-    with pytest.raises(DataError, match="unknown class 'bored'"):
+    (tmp_path / "bored" / "a.png").write_bytes(b"any")
+    with pytest.raises(DataError, match=r"no images found in class sub-folders; expected a FER\+ class \(neutral"):
         load_image_folder(tmp_path)
+    assert "'bored' is not an expression class; skipped" in capsys.readouterr().out
+    (tmp_path / "bored" / "a.png").unlink()
     (tmp_path / "bored").rmdir()
     (tmp_path / "happy").mkdir()
     (tmp_path / "happy" / "broken.png").write_bytes(b"not an image")

@@ -243,27 +243,41 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
 
 def class_index(name: str, where: str) -> int:
     """FER+ index of a class name or common synonym (happy, sad, angry...)."""
+    index = known_class(name)
+    if index is None:
+        raise DataError(f"{where}: unknown class {name!r}; {EXPECTED_CLASSES}")
+    return index
+
+
+EXPECTED_CLASSES = (f"expected a FER+ class ({', '.join(FERPLUS_CLASSES)}) or a synonym (happy, sad, angry, "
+                    "surprised, disgusted, afraid, scared, fearful, ...)")
+
+
+def known_class(name: str) -> int | None:
+    """FER+ index of a class name or synonym, None for any other name."""
     canonical = CLASS_SYNONYMS.get(name.strip().lower())
-    if canonical is None:
-        raise DataError(f"{where}: unknown class {name!r}; expected one of {sorted(CLASS_SYNONYMS)}")
-    return FERPLUS_CLASSES.index(canonical)
+    return None if canonical is None else FERPLUS_CLASSES.index(canonical)
 
 
 def image_folder_files(root: str | Path) -> tuple[list[Path], list[int]]:
-    """``root/<class>/*.png|jpg`` → files and FER+ class indices; hidden folders and files are skipped."""
+    """``root/<class>/*.png|jpg`` → files and FER+ class indices; hidden folders and files are skipped, and so is a
+    folder whose name is no class (one line each)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: folder not found")
     files: list[Path] = []
     labels: list[int] = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        index = class_index(folder.name, str(folder))
+        index = known_class(folder.name)
+        if index is None:
+            print(f"{folder}: {folder.name!r} is not an expression class; skipped")
+            continue
         for file in sorted(folder.iterdir()):
             if file.suffix.lower() in IMAGE_EXTENSIONS and not file.name.startswith("."):
                 files.append(file)
                 labels.append(index)
     if not files:
-        raise DataError(f"{root}: no images found in class sub-folders")
+        raise DataError(f"{root}: no images found in class sub-folders; {EXPECTED_CLASSES} as sub-folder names")
     return files, labels
 
 
@@ -375,6 +389,8 @@ def labeled_files(path: str | Path) -> tuple[list[Path], list[int]]:
     if path.suffix.lower() == ".csv":
         _, files, labels = _labels_table(path)
         return files, labels.tolist()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
     raise DataError(f"{path}: expected a folder with one sub-folder per class or a labels CSV (file, label)")
 
 
