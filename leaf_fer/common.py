@@ -10,7 +10,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,6 +32,27 @@ class ConfigError(LeafFerError, ValueError):
 def one_line(exc: BaseException) -> str:
     """An exception's message folded onto one line."""
     return " ".join(str(exc).split())
+
+
+def lock_exclusively(handle: IO[Any]) -> bool:
+    """Take an exclusive lock on an open file without waiting (``flock`` on POSIX, ``msvcrt.locking`` on its first
+    byte on Windows): False when another process holds it. The lock ends when the file is closed."""
+    if os.name == "nt":
+        import msvcrt
+
+        handle.seek(0)
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
@@ -70,6 +91,16 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def machine_description() -> str:
+    """The machine a benchmark ran on, in one line: architecture, CPUs, OS and, where the OS keeps one, the load."""
+    import platform
+
+    line = f"{platform.machine()} {os.cpu_count()} CPUs, {platform.system()}"
+    if hasattr(os, "getloadavg"):
+        line += ", load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return line
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,6 +41,7 @@ from leaf_fer.common import (
     ConfigError,
     figure_png,
     file_sha256,
+    lock_exclusively,
     new_figure,
     percentiles,
 )
@@ -249,11 +250,11 @@ def _exclusive(outdir: Path) -> Iterator[None]:
     except OSError as exc:
         raise WriterError(f"{outdir}: output folder not writable ({exc.strerror or exc})") from exc
     with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not lock_exclusively(lock):
             lock.seek(0)
-            holder = lock.read().strip() or "?"
+            holder = "?"
+            with contextlib.suppress(OSError):  # Windows refuses to read the bytes another process locked
+                holder = lock.read().strip() or "?"
             raise WriterError(
                 f"{outdir}: in use by another leaf-fer annotate (pid {holder}); wait for it to end or choose another -o"
             ) from None
@@ -298,7 +299,7 @@ def _publish(stage: Path, folder: Path) -> None:
 def _swap(a: Path, b: Path) -> None:
     """Exchange two folders atomically (Linux renameat2); elsewhere through a third name that :func:`_recover`
     undoes when a run stops halfway."""
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
     if renameat2 is not None and not renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE):
         return
     aside = a.with_suffix(".old")

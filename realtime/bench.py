@@ -10,7 +10,6 @@ JSON, a markdown table and a PNG chart. The ``annotate`` speed on the sample vid
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from leaf_fer.common import LeafFerError, figure_png, new_figure, percentiles
+from leaf_fer.common import LeafFerError, figure_png, machine_description, new_figure, percentiles
 from leaf_fer.engines.names import BENCH_BACKENDS, bench_backend
 from leaf_fer.engines.predictor import Predictor
 
@@ -281,8 +280,7 @@ def run_bench(
             }
         )
     report: dict[str, Any] = {
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.system()}, load average "
-        + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "machine": machine_description(),
         "frames": frames,
         "warmup": warmup,
         "results": results,

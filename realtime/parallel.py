@@ -17,6 +17,7 @@ import contextlib
 import ipaddress
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import select
 import shutil
@@ -39,6 +40,9 @@ from . import annotate, segments
 from .annotate import AnnotateOutcome, OutputPaths
 from .pipeline import Pipeline, PipelineConfig
 from .sources import SourceError, VideoFileSource, VideoIndex, scan_video
+
+START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+"""How worker processes start: from a fork server that has imported this package (POSIX), else spawned (Windows)."""
 
 MAX_ATTEMPTS = 3
 RAY_MAX_RETRIES = 2
@@ -155,6 +159,10 @@ def _exit_with_run(run_pid: int) -> None:
     leave no worker behind: the fork server keeps its workers alive, and they would wait forever for work)."""
 
     def watch() -> None:
+        parent = multiprocessing.parent_process()
+        if parent is not None and parent.pid == run_pid:  # spawned by the run itself (no fork server): its handle
+            multiprocessing.connection.wait([parent.sentinel])
+            os._exit(1)
         try:
             lifeline = os.pidfd_open(run_pid)
         except (AttributeError, OSError):  # no pidfd here (not Linux 5.3+), or the run has already ended: poll
@@ -214,8 +222,9 @@ class _Processes:
     workers start, and load their model, at once, while the parent plans the run."""
 
     def __init__(self, job: Job, workers: int, on_progress: Callable[[str, int], None]) -> None:
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload([__name__])
+        self._context = multiprocessing.get_context(START_METHOD)
+        if START_METHOD == "forkserver":
+            self._context.set_forkserver_preload([__name__])
         self._progress = self._context.Queue()
         self._drain = threading.Thread(target=self._forward, args=(on_progress,), name="leaf-fer-progress", daemon=True)
         self._drain.start()

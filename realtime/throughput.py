@@ -12,7 +12,6 @@ projection multiplies the measured per-core rate by cores, nodes and the measure
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from leaf_fer.common import LeafFerError, figure_png, new_figure
+from leaf_fer.common import LeafFerError, figure_png, machine_description, new_figure
 
 from .annotate import annotate_inputs, sample_video
 from .bench import Scenario, make_group_clip, measure, shared_media_dir
@@ -187,8 +186,7 @@ def run_throughput(output_dir: str | os.PathLike[str] = DEFAULT_REPORT_DIR, *, l
     rate_360p = workers["one_worker"]["steady_realtime_factor"]
     rate_720p = hd[(1, True)]["steady_realtime_factor"]
     report: dict[str, Any] = {
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.system()}, load average "
-        + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "machine": machine_description(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "startup_s": {"one_worker": startup[1], "two_workers": startup[2], "two_workers_cold": cold},
         "inputs": [p.name for p in several],

@@ -191,3 +191,15 @@ def test_without_an_atomic_swap_an_interrupted_replacement_is_undone(
     (out / "clip").rename(out / WORK_DIR / "clip.0123abcd.old")  # a run killed between the renames
     (again,) = annotate_inputs([clip], out, pipeline=pipeline, progress=False)
     assert again.status == "skipped" and _snapshot(out / "clip") == before and _leftovers(out) == []
+
+
+def test_an_exclusive_lock_is_refused_to_a_second_holder_until_released(tmp_path: Path) -> None:
+    from leaf_fer.common import lock_exclusively
+
+    path = tmp_path / "lock"
+    with open(path, "a+") as first:
+        assert lock_exclusively(first)
+        with open(path, "a+") as second:
+            assert not lock_exclusively(second), "another open file (another process) cannot take it"
+    with open(path, "a+") as third:
+        assert lock_exclusively(third), "closing the holder released it"

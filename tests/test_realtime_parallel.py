@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from realtime_media import MEDIA, csv_rows, frame_count, media_file
 
-from leaf_fer.realtime import commands, segments
+from leaf_fer.realtime import commands, parallel, segments
 from leaf_fer.realtime.annotate import WORK_DIR, annotate_inputs, sample_video
 from leaf_fer.realtime.bench import make_group_clip
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
@@ -212,6 +212,18 @@ def test_cli_workers_and_no_video(inputs: Path, reference: Path, tmp_path: Path,
     out = capsys.readouterr().out
     assert "done: sample.mp4" in out and "2 segments" in out and "1 done, 0 skipped, 0 failed" in out
     assert sorted(p.name for p in (tmp_path / "sample").iterdir()) == ["sample.csv", "sample.json"]
+    _assert_same_within_seams("sample", reference, tmp_path)
+
+
+def test_workers_also_start_by_spawning(inputs: Path, reference: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where there is no fork server (Windows), workers are spawned and watch the run through their parent's handle."""
+    monkeypatch.setattr(parallel, "START_METHOD", "spawn")
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    args = parser.parse_args(["annotate", str(inputs / "sample.mp4"), "-o", str(tmp_path), "--workers", "2",
+                              "--no-video", "--no-progress"])
+    assert args.func(args) == 0
     _assert_same_within_seams("sample", reference, tmp_path)
 
 
