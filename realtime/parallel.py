@@ -218,7 +218,8 @@ class _Serial:
 
 class _Processes:
     """A pool of ``workers`` processes, forked from a server that has imported this package once (so a worker
-    starts in a fraction of a second and only loads the model); a pool broken by a dying worker is replaced. The
+    starts in a fraction of a second and only loads the model; spawned where there is no fork server, as on
+    Windows); a pool broken by a dying worker is replaced. The
     workers start, and load their model, at once, while the parent plans the run."""
 
     def __init__(self, job: Job, workers: int, on_progress: Callable[[str, int], None]) -> None:
