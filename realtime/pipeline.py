@@ -29,7 +29,7 @@ from .detector import CascadeDetector, detection_size, scaled_detection
 from .settings import PipelineConfig
 from .smoothing import ProbabilitySmoother
 from .tracker import Tracker
-from .types import Detection, FacePrediction, Frame, FrameResult, StageTimings
+from .types import FacePrediction, Frame, FrameResult, StageTimings
 
 __all__ = ["Overlay", "Pipeline", "PipelineConfig", "create_predictor"]
 
@@ -67,12 +67,15 @@ class Pipeline:
     The model and the detector are loaded and warmed up here, so the first frame costs no more than the others.
     Pass ``predictor`` to share one already-loaded model (the pipeline then does not close it). Frames marked
     ``still`` are processed independently (image-mode detection, fresh track ids, no smoothing); other frames are
-    treated as one continuous video until :meth:`reset`.
+    treated as one continuous video until :meth:`reset`. ``config.threads`` (when not 0) also sets OpenCV's thread
+    count, which is process-wide.
     """
 
     def __init__(self, config: PipelineConfig | None = None, predictor: Predictor | None = None) -> None:
         self.config = config or PipelineConfig()
         self.config.validate()
+        if self.config.threads:
+            cv2.setNumThreads(self.config.threads)
         self._owns_predictor = predictor is None
         self.predictor = predictor if predictor is not None else create_predictor(self.config)
         size = self.predictor.input_size

@@ -110,8 +110,10 @@ class PipelineConfig:
         "frames larger than this (longer side, px) are detected on a downscaled copy and the boxes and keypoints "
         "mapped back, 0 = full size; alignment always reads the full-resolution frame", minimum=0))
     threads: int = setting(1, Option(
-        "CPU threads for inference, 0 = the backend's default; one keeps per-frame latency steady, since a batch of "
-        "a few 48x48 faces gains little from more and an OpenMP team competing with busy cores stalls", minimum=0))
+        "CPU threads for inference and for OpenCV's per-frame work, 0 = the libraries' defaults; one keeps per-frame "
+        "latency steady, since a batch of a few 48x48 faces and one frame's colour conversion, filter and warp gain "
+        "little from more, and a thread team competing with busy cores stalls (benchmarks/opencv_threads.py)",
+        minimum=0))
     draw: bool = True
     draw_boxes: bool = True
     draw_keypoints: bool = False

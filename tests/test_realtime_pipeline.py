@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import cv2
 import numpy as np
 import pytest
 from realtime_media import MULTI_FACE_JPG_FACE_CENTRES, media_file
@@ -107,3 +108,15 @@ def test_config_validation() -> None:
 def test_rejects_non_bgr_frames(predictor: CountingPredictor) -> None:
     with Pipeline(PipelineConfig(), predictor=predictor) as pipeline, pytest.raises(ValueError, match="BGR"):
         pipeline.process(Frame(0, 0.0, np.zeros((10, 10), np.uint8)))
+
+
+def test_threads_also_set_opencvs_thread_team(predictor: CountingPredictor) -> None:
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(2)
+        with Pipeline(PipelineConfig(threads=0), predictor=predictor):
+            assert cv2.getNumThreads() == 2, "0 leaves OpenCV's default"
+        with Pipeline(PipelineConfig(threads=1), predictor=predictor):
+            assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
