@@ -64,6 +64,9 @@ CLASS_SYNONYMS = {
 }
 """Class names and synonyms (lower case) → FER+ class; the two-letter codes are those of posed-face sets' file names
 (NE, HA, SU, SA, AN, DI, FE or AF)."""
+EXPECTED_CLASSES = (f"expected a FER+ class ({', '.join(FERPLUS_CLASSES)}) or a synonym (happy, sad, angry, "
+                    "surprised, disgusted, afraid, scared, fearful, ...)")
+"""What an unknown class name is told."""
 LABELS_CSV_COLUMNS = {"file": ("file", "image", "path", "filename", "file_name", "image_path", "img"),
                       "label": ("label", "emotion", "expression", "class")}
 """A labels CSV's two columns and the other names they are found under (any case)."""
@@ -247,10 +250,6 @@ def class_index(name: str, where: str) -> int:
     if index is None:
         raise DataError(f"{where}: unknown class {name!r}; {EXPECTED_CLASSES}")
     return index
-
-
-EXPECTED_CLASSES = (f"expected a FER+ class ({', '.join(FERPLUS_CLASSES)}) or a synonym (happy, sad, angry, "
-                    "surprised, disgusted, afraid, scared, fearful, ...)")
 
 
 def known_class(name: str) -> int | None:
