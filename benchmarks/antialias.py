@@ -14,7 +14,6 @@ time to align one face each way. Writes OUTPUT/{results.json,results.md}.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from leaf_fer.common import atomic_write_bytes
+from leaf_fer.common import atomic_write_bytes, atomic_write_json
 from leaf_fer.engines import create_predictor
 from leaf_fer.realtime.align import align_faces, alignment_matrix
 from leaf_fer.realtime.evaluate import report_from_answers
@@ -116,10 +115,10 @@ def main() -> None:
             result["models"][name] = {"weights": weights, **{
                 way: scores(predictor.predict(faces), labels, found, predictor.classes)
                 for way, faces in sets.items()}}
-    args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.output / "results.json", json.dumps(result, indent=2).encode())
-    atomic_write_bytes(args.output / "results.md", markdown(result, args).encode())
-    print(markdown(result, args))
+    report = markdown(result, args)
+    atomic_write_json(args.output / "results.json", result)
+    atomic_write_bytes(args.output / "results.md", report.encode())
+    print(report)
 
 
 if __name__ == "__main__":

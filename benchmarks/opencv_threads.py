@@ -14,7 +14,6 @@ turn. Medians and p95 of each stage over every round's frames. Writes OUTPUT/{re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from leaf_fer.common import atomic_write_bytes, machine_description
+from leaf_fer.common import atomic_write_bytes, atomic_write_json, machine_description
 from leaf_fer.realtime.annotate import sample_video
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
 from leaf_fer.realtime.sources import open_source
@@ -98,10 +97,10 @@ def main() -> None:
             runs += [{"busy": busy, "threads": n, **summary(rows)} for n, rows in measured.items()]
     cv2.setNumThreads(default_threads)
     result = {"machine": machine_description(), "frames": len(frames), "repeats": args.repeats, "runs": runs}
-    args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.output / "results.json", (json.dumps(result, indent=2) + "\n").encode())
-    atomic_write_bytes(args.output / "results.md", markdown(result).encode())
-    print(markdown(result))
+    report = markdown(result)
+    atomic_write_json(args.output / "results.json", result)
+    atomic_write_bytes(args.output / "results.md", report.encode())
+    print(report)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ same run. Writes OUTPUT/{results.json,results.md}.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from leaf_fer.common import atomic_write_bytes
+from leaf_fer.common import atomic_write_bytes, atomic_write_json
 from leaf_fer.engines import create_predictor
 from leaf_fer.engines.names import SUPPORTED
 from leaf_fer.realtime.evaluate import predict_in_batches, report_from_answers
@@ -131,10 +130,10 @@ def main() -> None:
             "agreement": {p: float((top1[p][found] == top1["fp32"][found]).mean()) for p in top1},
             "predicted": {p: dict(zip(classes, (np.bincount(t[found], minlength=len(classes)) / found.sum()).tolist()))
                           for p, t in top1.items()}}
-    args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.output / "results.json", json.dumps(result, indent=2).encode())
-    atomic_write_bytes(args.output / "results.md", markdown(result, args).encode())
-    print(markdown(result, args))
+    report = markdown(result, args)
+    atomic_write_json(args.output / "results.json", result)
+    atomic_write_bytes(args.output / "results.md", report.encode())
+    print(report)
 
 
 if __name__ == "__main__":
