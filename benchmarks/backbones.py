@@ -9,7 +9,6 @@ Runtime (1 thread) and torch eager, in one run. Writes reports/backbones/{result
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from leaf_fer.common import atomic_write_bytes, atomic_write_json
 from leaf_fer.engines.export import export_onnx_model
 from leaf_fer.train.config import TrainConfig
 from leaf_fer.train.model import InferenceModel, count_parameters
@@ -64,15 +64,14 @@ def main() -> None:
                      "val_accuracy": result["best_accuracy"], "train_seconds": result["elapsed_s"],
                      **batch1_latency_ms(weights)})
         print(rows[-1], flush=True)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "results.json").write_text(json.dumps(rows, indent=2))
+    atomic_write_json(args.output / "results.json", rows)
     lines = [f"Same budget for every candidate: {args.epochs} epochs, all FER+ labels, seed 0, batch 128 (bf16 autocast on "
              "2 CPU cores). Latency: one face (batch 1), median of 280 runs, 1 thread.", "",
              "| backbone | parameters | val accuracy % | train s | ONNX Runtime ms | torch eager ms |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['backbone']} | {r['parameters'] / 1e6:.2f}M | {100 * r['val_accuracy']:.2f} | "
                      f"{r['train_seconds']:.0f} | {r['onnxruntime_ms_p50']:.2f} | {r['torch_ms_p50']:.2f} |")
-    (args.output / "results.md").write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(args.output / "results.md", ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
 
 

@@ -20,14 +20,13 @@ Writes OUTPUT/{results.json,results.md,recall.png}.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from leaf_fer.common import atomic_write_bytes
+from leaf_fer.common import atomic_write_bytes, atomic_write_json
 from leaf_fer.realtime.evaluate import evaluate_end_to_end, evaluate_npz, predict_in_batches
 from leaf_fer.realtime.pipeline import PipelineConfig, create_predictor
 from leaf_fer.train.data import labeled_files, load_unlabeled_faces
@@ -203,7 +202,7 @@ def main() -> None:
     cv = (cross_validate(args.cross_validation, args.folds, Path(next(iter(models.values()))), args.splits)
           if args.cross_validation else None)
     args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.output / "results.json", json.dumps({"models": rows, "cross_validation": cv}, indent=2).encode())
+    atomic_write_json(args.output / "results.json", {"models": rows, "cross_validation": cv})
     table = markdown(rows, args) + ("\n".join(cross_validation_markdown(cv)) + "\n" if cv else "")
     atomic_write_bytes(args.output / "results.md", table.encode())
     plot(rows, args.output / "recall.png")

@@ -13,7 +13,6 @@ realtime/detector.py). Writes reports/detectors/{detectors.json,detectors.md,det
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from leaf_fer.common import atomic_write_bytes
+from leaf_fer.common import atomic_write_bytes, atomic_write_json
 from leaf_fer.realtime.detector import YUNET_EYE_DROP, YUNET_MOUTH_DROP, CascadeDetector, FaceDetector, YuNetDetector
 from leaf_fer.train.data import load_npz
 from leaf_fer.train.metrics import save_figure
@@ -104,7 +103,7 @@ def main() -> None:
     offsets = keypoint_offsets(sets["TCCE (posed studio)"][:100] + sets["UTKFace (tight crops)"][:100])
     report = {"per_set": args.per_set, "seed": args.seed, "results": results, "yunet_keypoint_offsets": offsets}
     args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.output / "detectors.json", json.dumps(report, indent=2).encode())
+    atomic_write_json(args.output / "detectors.json", report)
     set_names = list(sets)
     lines = ["# Face detector choices: no-face rate (ms per image, median)", "",
              f"`python benchmarks/detectors.py --per-set {args.per_set}`: every image shows a face; one run, one core.", "",

@@ -11,13 +11,12 @@ against the face plus its mirror in one batch. Writes OUTPUT/flip_tta.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from leaf_fer.common import atomic_write_bytes
+from leaf_fer.common import atomic_write_bytes, atomic_write_json
 from leaf_fer.engines import create_predictor
 from leaf_fer.train.data import load_dataset, load_npz, targets_for
 from leaf_fer.train.metrics import score
@@ -65,7 +64,7 @@ def main() -> None:
                          "ms_one_face": one, "ms_with_mirror": two}
         predictor.close()
     args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.output / "flip_tta.json", json.dumps(rows, indent=2).encode())
+    atomic_write_json(args.output / "flip_tta.json", rows)
     lines = ["# Test-time flip averaging", "", "`python benchmarks/flip_tta.py`; ONNX Runtime, 1 thread, one run.", "",
              "| weights | PublicTest plain | PublicTest flip | TCCE plain (acc / macro recall) | TCCE flip | ms one face "
              "| ms face + mirror |", "|---|---|---|---|---|---|---|"]

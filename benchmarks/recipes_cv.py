@@ -19,13 +19,12 @@ OUTPUT/{results.json,results.md,tradeoff.png}.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from leaf_fer.common import LeafFerError, atomic_write_bytes, new_figure
+from leaf_fer.common import LeafFerError, atomic_write_bytes, atomic_write_json, new_figure
 from leaf_fer.realtime.evaluate import report_from_answers
 from leaf_fer.realtime.face_crops import crop_files
 from leaf_fer.train.config import TrainConfig
@@ -226,9 +225,8 @@ def main() -> None:
         command += " --folds " + " ".join(map(str, args.folds))
     if args.output != parser.get_default("output"):
         command += f" --output {args.output}"
-    args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.output / "results.json", json.dumps(
-        {"command": command, "inits": sorted(loaded), "folds": args.folds, "results": results}, indent=2).encode())
+    atomic_write_json(args.output / "results.json",
+                      {"command": command, "inits": sorted(loaded), "folds": args.folds, "results": results})
     atomic_write_bytes(args.output / "results.md", markdown(results, command).encode())
     plot(results, args.output / "tradeoff.png")
     print(f"wrote {args.output}/results.md")

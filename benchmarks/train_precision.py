@@ -11,7 +11,6 @@ reports/train_precision/{precision.md,precision.json}.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from dataclasses import replace
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from leaf_fer.common import atomic_write_bytes
+from leaf_fer.common import atomic_write_bytes, atomic_write_json
 from leaf_fer.train.algorithms import Batch
 from leaf_fer.train.config import TrainConfig, read_config_file
 from leaf_fer.train.model import LeafNet
@@ -101,7 +100,7 @@ def main() -> None:
                      f"{row['faces_per_step']} | {median['fp32']:.3f} | {median['bf16']:.3f} | {rate['fp32']:.0f} | "
                      f"{rate['bf16']:.0f} | {row['bf16_over_fp32_time']:.2f} |")
     args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.output / "precision.json", json.dumps(report, indent=2).encode())
+    atomic_write_json(args.output / "precision.json", report)
     atomic_write_bytes(args.output / "precision.md", ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
 
