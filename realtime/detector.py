@@ -3,9 +3,12 @@ cascade the pipeline uses: MediaPipe first, YuNet on what MediaPipe misses (all 
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401  (imported first, so that its exit hook runs after ours; see below)
 import os
 import sys
 import tempfile
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -146,6 +149,7 @@ class FaceDetector:
                     else:
                         task.detect(blank)
             self._tasks[mode.name] = task
+            _OPEN_DETECTORS.add(self)
         return task
 
     def warmup(self, video: bool = True) -> None:
@@ -191,6 +195,21 @@ class FaceDetector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_OPEN_DETECTORS: weakref.WeakSet[FaceDetector] = weakref.WeakSet()
+"""Detectors with an open MediaPipe task."""
+
+
+def _close_open_detectors() -> None:
+    for detector in list(_OPEN_DETECTORS):
+        detector.close()
+
+
+# MediaPipe closes a task through a concurrent.futures thread pool, which refuses work once the interpreter has begun
+# to shut down, so a detector nobody closed would print a traceback at exit. Threads' exit hooks run last-registered
+# first: registered after the pool module's own hook, this one runs before it.
+threading._register_atexit(_close_open_detectors)
 
 
 class YuNetDetector:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -134,3 +137,16 @@ def test_tight_crop_and_blank_frame() -> None:
     with CascadeDetector("short") as cascade:
         assert len(cascade.detect(tight)) == 1
         assert cascade.detect(np.zeros((360, 640, 3), np.uint8)) == []
+
+
+def test_a_detector_left_open_exits_without_a_traceback() -> None:
+    """MediaPipe cannot close a task once the interpreter shuts its threads down; an unclosed detector is closed
+    before that."""
+    script = ("import numpy as np\n"
+              "from leaf_fer.realtime.detector import FaceDetector\n"
+              "detector = FaceDetector()\n"
+              "detector.detect(np.zeros((64, 64, 3), np.uint8), 0)\n"
+              "detector.detect(np.zeros((64, 64, 3), np.uint8))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
