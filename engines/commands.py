@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compile_parser.add_argument("--max-batch", type=_positive, default=16, help="TensorRT profile: 1..N faces (default 16)")
     compile_parser.add_argument("--opt-batch", type=_positive, help="TensorRT profile optimum (default: min(4, max batch))")
     compile_parser.add_argument(
-        "--output", type=Path, help="folder for the artifacts (default: the user cache, where `auto` finds them)"
+        "-o", "--output", type=Path, help="folder for the artifacts (default: the user cache, where `auto` finds them)"
     )
     compile_parser.add_argument("--cache-dir", type=Path, help="cache root (default: $LEAF_FER_CACHE_DIR or ~/.cache/leaf-fer)")
     compile_parser.add_argument("--force", action="store_true", help="rebuild even when a valid artifact exists")
@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench_parser.add_argument("--iterations", type=_positive, default=200, help="timed calls per backend and batch")
     bench_parser.add_argument("--warmup", type=int, default=20, help="untimed calls first")
     bench_parser.add_argument("--threads", type=_positive, help="CPU threads for torch and onnxruntime (default: cores/2, ≤4)")
-    bench_parser.add_argument("--output", type=Path, default=Path("reports/engines"), help="folder for JSON, markdown, PNG")
+    bench_parser.add_argument("-o", "--output", type=Path, default=Path("reports/engines"), help="folder for JSON, markdown, PNG")
     bench_parser.add_argument("--cache-dir", type=Path, help="compiled-artifact cache root")
     bench_parser.add_argument(
         "--min-ort-speedup", type=float, default=REQUIRED_ORT_SPEEDUP, help="fail unless ORT beats torch at batch 1 by this"

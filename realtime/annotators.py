@@ -61,10 +61,6 @@ def _box(face: FacePrediction) -> Rect:
     return x1, y1, x2 + 1, y2 + 1
 
 
-def _overlap(a: Rect, b: Rect) -> int:
-    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
-
-
 def _cover(rects: np.ndarray, others: list[Rect]) -> np.ndarray:
     """The area of ``others`` that each of ``rects`` (N x 4) covers."""
     if not others:
@@ -83,7 +79,9 @@ def _clamp(rect: Rect, shape: tuple[int, ...]) -> Rect:
 
 
 def label_tags(shape: tuple[int, ...], result: FrameResult) -> list[tuple[Rect, str]]:
-    """Each face's ``#id label 87%`` tag: above its box, or below it when that covers a face or an earlier tag."""
+    """Each face's ``#id label 87%`` tag, at the first free spot of: above its box, below it (each flush with the
+    box's left edge, then with its right edge), shifted into the image; where none is free, at the spot that covers
+    the least of the earlier tags, then of the faces."""
     scale, thickness, height = text_style(shape[0], 36)
     pad = max(3, height // 3)
     boxes = [_box(face) for face in result.faces]
@@ -92,9 +90,11 @@ def label_tags(shape: tuple[int, ...], result: FrameResult) -> list[tuple[Rect, 
         index = face.label_index()
         text = f"#{face.track_id} {result.classes[index]} {face.smoothed[index] * 100:.0f}%"
         w, h = cv2.getTextSize(text, FONT, scale, thickness)[0][0] + 2 * pad, height + 2 * pad
-        others = boxes + [rect for rect, _ in tags]
-        spots = [_clamp((box[0], top, box[0] + w, top + h), shape) for top in (box[1] - h - 1, box[3] + 1)]
-        tags.append((next((r for r in spots if not any(_overlap(r, o) for o in others)), spots[0]), text))
+        spots = np.array([_clamp((left, top, left + w, top + h), shape)
+                          for top in (box[1] - h - 1, box[3] + 1) for left in (box[0], box[2] - w)])
+        best = int(np.lexsort((_cover(spots, boxes), _cover(spots, [rect for rect, _ in tags])))[0])
+        x1, y1, x2, y2 = (int(v) for v in spots[best])
+        tags.append(((x1, y1, x2, y2), text))
     return tags
 
 
@@ -247,19 +247,20 @@ class FpsMeter:
 
 
 class HudAnnotator:
-    """Top-left readout: processing FPS, latency, backend and face count."""
+    """Top-left readout: processing FPS (not on a still image), latency, backend and face count."""
 
     def __init__(self, backend: str = "") -> None:
         self.backend = backend
         self.meter = FpsMeter()
 
     def annotate(self, scene: np.ndarray, result: FrameResult) -> np.ndarray:
-        fps = self.meter.tick()
         if result.frame.captured_at:
             latency = (time.perf_counter() - result.frame.captured_at) * 1e3 + result.timings.decode_ms
         else:
             latency = result.timings.total_ms
-        text = f"{fps:4.1f} FPS  {latency:5.1f} ms  {self.backend}  faces: {len(result.faces)}"
+        text = f"{latency:5.1f} ms  {self.backend}  faces: {len(result.faces)}"
+        if not result.frame.still:
+            text = f"{self.meter.tick():4.1f} FPS  {text}"
         scale, thickness, height = text_style(scene.shape[0], 40)
         width = cv2.getTextSize(text, FONT, scale, thickness)[0][0]
         cv2.rectangle(scene, (0, 0), (width + 10, height + 10), TAG_BACKGROUND, -1)

@@ -63,7 +63,7 @@ def _register_annotate(subparsers: argparse._SubParsersAction) -> None:
         "run in parallel worker processes, and a long video is split into segments so that it uses every worker.",
     )
     annotate.add_argument("inputs", nargs="*", metavar="INPUT", help="video/image files or folders")
-    annotate.add_argument("-o", "--outdir", default="annotations", help="output folder (default: ./annotations)")
+    annotate.add_argument("-o", "--outdir", "--output", dest="outdir", default="annotations", help="output folder (default: ./annotations)")
     annotate.add_argument("--overwrite", action="store_true", help="redo inputs that are already annotated")
     annotate.add_argument("--no-progress", action="store_true", help="no progress bar")
     annotate.add_argument(
@@ -111,7 +111,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data", type=Path, required=True,
                           help="npz (images + ferplus_votes or labels), a class-folder tree or a labels CSV")
     evaluate.add_argument("--json", type=Path, help="also write the scores to this JSON file")
-    evaluate.add_argument("--output", type=Path, help="folder for evaluation.json and confusion.png (default: none)")
+    evaluate.add_argument("-o", "--output", type=Path, help="folder for evaluation.json and confusion.png (default: none)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_pipeline_options(evaluate)
     evaluate.set_defaults(func=run_evaluate)
@@ -124,7 +124,7 @@ def _register_bench(subparsers: argparse._SubParsersAction) -> None:
         description="Benchmark the realtime pipeline on the sample video (1 face) and a group clip (several faces) "
         "with each available backend, and time annotate on the sample video.",
     )
-    bench.add_argument("-o", "--outdir", help="report folder (default: reports/realtime, with --throughput reports/throughput)")
+    bench.add_argument("-o", "--outdir", "--output", dest="outdir", help="report folder (default: reports/realtime, with --throughput reports/throughput)")
     bench.add_argument(
         "--throughput",
         action="store_true",

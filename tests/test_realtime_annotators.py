@@ -81,6 +81,20 @@ def test_a_lone_face_keeps_every_class_and_a_crowd_keeps_the_most_likely() -> No
     for _, shown in ProbabilityBarsAnnotator().layout((360, 640, 3), crowd):
         assert 3 in shown
 
+PHOTO = [(531, 305, 631, 436), (686, 289, 788, 424), (434, 219, 514, 314), (314, 236, 409, 359), (216, 62, 306, 175)]
+"""The five faces the detector finds in the media group photo (1000x667), in track order: the tags above faces 3
+and 4 collide unless one of them moves."""
+
+
+@pytest.mark.parametrize("boxes", [ROW, GROUP, EDGES, PHOTO], ids=["row", "group", "edges", "photo"])
+def test_tags_cover_no_other_tag_and_no_face(boxes) -> None:
+    shape = (667, 1000) if boxes is PHOTO else (360, 640)
+    result = result_for(boxes, [1] * len(boxes), shape)
+    tags = [rect for rect, _ in label_tags((*shape, 3), result)]
+    for n, tag in enumerate(tags):
+        assert not any(overlap(tag, other) for other in tags[n + 1 :]), "two tags overlap"
+        assert not any(overlap(tag, (x1, y1, x2 + 1, y2 + 1)) for x1, y1, x2, y2 in boxes), "a tag covers a face"
+
 
 @pytest.mark.parametrize("label", range(len(CLASSES)), ids=CLASSES)
 def test_tags_are_large_and_high_contrast(label: int) -> None:
