@@ -13,7 +13,8 @@ def add_gui_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``leaf-fer gui`` and ``leaf_fer.gui.app.run_app``."""
     parser.add_argument("--source", help="webcam index, video/image file or stream URL to start with")
     add_pipeline_options(parser)
-    parser.add_argument("--output-dir", type=Path, help="folder for recordings and snapshots")
+    parser.add_argument("-o", "--output-dir", "--output", dest="output_dir", type=Path,
+                        help="folder for recordings and snapshots")
     parser.add_argument("--no-camera-probe", action="store_true", help="do not look for webcams at start-up")
 
 
