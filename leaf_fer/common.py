@@ -1,5 +1,5 @@
 """Helpers every layer shares (train, engines, realtime, gui): the error base class, the image file types, atomic
-writes, hashing, percentiles and PNG figures. Imports nothing heavy at module level."""
+writes, hashing, image decoding, percentiles and PNG figures. Imports nothing heavy at module level."""
 
 from __future__ import annotations
 
@@ -18,6 +18,21 @@ if TYPE_CHECKING:
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
 """File suffixes read as images (OpenCV decodes them all), everywhere: sources, annotate, training data, the GUI."""
+
+
+def decode_image_file(path: str | os.PathLike[str], grayscale: bool = False) -> Any:
+    """An image file as a BGR (or grayscale) uint8 array, EXIF orientation applied; None when the file is missing
+    or no image. Unlike ``cv2.imread`` it reads any path, non-ASCII ones on Windows included."""
+    import cv2
+    import numpy as np
+
+    try:
+        data = np.fromfile(os.fspath(path), dtype=np.uint8)
+    except OSError:
+        return None
+    if not data.size:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR)
 
 
 class LeafFerError(Exception):

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from leaf_fer.common import ConfigError, atomic_write_json
+from leaf_fer.common import ConfigError, atomic_write_json, decode_image_file
 from leaf_fer.engines import Predictor
 from leaf_fer.train.data import FaceData, labeled_files, load_npz, targets_for
 from leaf_fer.train.metrics import Scores, plot_confusion, score
@@ -108,7 +107,7 @@ def evaluate_end_to_end(data: str | Path, config: PipelineConfig | None = None, 
         for file, label in tqdm(list(zip(files, labels)), desc=f"evaluate {Path(data).name}", disable=not progress):
             if FERPLUS_CLASSES[label] not in classes:
                 continue
-            image = cv2.imread(str(file), cv2.IMREAD_COLOR)
+            image = decode_image_file(file)
             if image is None:
                 print(f"{file}: not a readable image; skipped")
                 continue

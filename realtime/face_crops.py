@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from leaf_fer.common import atomic_write_npz, file_sha256
+from leaf_fer.common import atomic_write_npz, decode_image_file, file_sha256
 
 from . import align, detector
 from .detector import CascadeDetector
@@ -129,7 +129,7 @@ def crop_files(files: Sequence[str | Path], settings: CropSettings = CropSetting
     found = np.zeros(len(files), bool)
     try:
         for i, (file, box) in enumerate(tqdm(list(zip(files, boxes)), desc="face crops", disable=not progress)):
-            image = cv2.imread(str(file), cv2.IMREAD_COLOR)
+            image = decode_image_file(file)
             face = None if image is None else cropper.crop(image, box)
             if face is not None:
                 crops[i], found[i] = face, True

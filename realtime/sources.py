@@ -25,7 +25,7 @@ from typing import Protocol, TypeVar
 import cv2
 import numpy as np
 
-from leaf_fer.common import IMAGE_EXTENSIONS, LeafFerError
+from leaf_fer.common import IMAGE_EXTENSIONS, LeafFerError, decode_image_file
 
 from .types import Frame
 
@@ -307,8 +307,7 @@ def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
 def read_image(path: Path) -> np.ndarray:
     """Decode an image file to BGR (works with non-ASCII paths); SourceError when it is not a readable image."""
     _check_file(path)
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    image = decode_image_file(path)
     if image is None:
         raise SourceError(f"{path}: not a readable image")
     return image

@@ -132,12 +132,59 @@ def test_rafdb_list_file_with_aligned_images(tmp_path: Path, face_frame: np.ndar
     for name in ("train_00001", "test_0001"):
         cv2.imwrite(str(aligned / f"{name}_aligned.jpg"), face)
     (tmp_path / "list_patition_label.txt").write_text("train_00001.jpg 1\ntest_0001.jpg 6\n")
-    data = load_dataset(tmp_path / "list_patition_label.txt")
-    assert targets_for(data, FERPLUS_CLASSES).hard.tolist() == [FERPLUS_CLASSES.index("surprise"),
-                                                                 FERPLUS_CLASSES.index("anger")]
+    surprise, anger = FERPLUS_CLASSES.index("surprise"), FERPLUS_CLASSES.index("anger")
+    for usage, expected in (("Training", [surprise]), ("PublicTest", [anger]), (None, [surprise, anger])):
+        data = load_dataset(tmp_path / "list_patition_label.txt", usage=usage)
+        assert targets_for(data, FERPLUS_CLASSES).hard.tolist() == expected, "train_* trains, test_* validates"
     (tmp_path / "list_patition_label.txt").write_text("train_00001.jpg 9\n")
     with pytest.raises(DataError, match="LABEL in 1..7"):
         load_rafdb(tmp_path / "list_patition_label.txt")
+
+
+def test_rafdb_official_layout(tmp_path: Path, face_frame: np.ndarray, cache: Path) -> None:
+    """``basic/EmoLabel/list_patition_label.txt`` beside ``basic/Image/aligned/``, saved with a byte-order mark."""
+    (tmp_path / "basic" / "EmoLabel").mkdir(parents=True)
+    (tmp_path / "basic" / "Image" / "aligned").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "basic" / "Image" / "aligned" / "train_00001_aligned.jpg"),
+                cv2.resize(face_frame[40:320, 180:460], (100, 100)))
+    (tmp_path / "basic" / "EmoLabel" / "list_patition_label.txt").write_text("\ufefftrain_00001.jpg 4\n", encoding="utf-8")
+    data = load_dataset(tmp_path / "basic" / "EmoLabel" / "list_patition_label.txt")
+    assert targets_for(data, FERPLUS_CLASSES).hard.tolist() == [FERPLUS_CLASSES.index("happiness")]
+
+
+def test_affectnet_official_layout_and_missing_images(tmp_path: Path, face_frame: np.ndarray, cache: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``Manually_Annotated_file_lists/training.csv`` beside ``Manually_Annotated_Images/``; images that are not
+    there are counted as such, and none at all is an error that says so."""
+    (tmp_path / "Manually_Annotated_file_lists").mkdir()
+    (tmp_path / "Manually_Annotated_Images" / "7").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "Manually_Annotated_Images" / "7" / "face.jpg"), face_frame)
+    header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
+              "expression", "valence", "arousal"]
+    rows = [["7/face.jpg", 200, 40, 240, 280, "", 3, 0, 0], ["7/gone.jpg", 200, 40, 240, 280, "", 1, 0, 0]]
+    path = write_csv(tmp_path / "Manually_Annotated_file_lists" / "training.csv", header, rows)
+    data = load_dataset(path)
+    assert targets_for(data, FERPLUS_CLASSES).hard.tolist() == [FERPLUS_CLASSES.index("surprise")]
+    assert "1 of 2 skipped: 1 not found (first: " in capsys.readouterr().out
+    path = write_csv(tmp_path / "Manually_Annotated_file_lists" / "validation.csv", header, rows[1:])
+    with pytest.raises(DataError, match="no face in any of its 1 images .1 not found"):
+        load_dataset(path)
+
+
+def test_labels_csv_as_users_write_them(tmp_path: Path, face_frame: np.ndarray, cache: Path) -> None:
+    """Windows separators and stray spaces in paths, a row without a label, a CSV that is not UTF-8."""
+    (tmp_path / "img").mkdir()
+    cv2.imwrite(str(tmp_path / "img" / "a.jpg"), face_frame)
+    path = tmp_path / "labels.csv"
+    path.write_text("file,label\n img\\a.jpg , happy \n", encoding="utf-8")
+    assert labeled_files(path) == ([tmp_path / "img" / "a.jpg"], [FERPLUS_CLASSES.index("happiness")])
+    assert len(load_dataset(path)) == 1
+    path.write_text("file,label\nimg/a.jpg\n", encoding="utf-8")
+    with pytest.raises(DataError, match="row 2: unknown class ''"):
+        labeled_files(path)
+    path.write_bytes("file,label\nimg/caf\u00e9.jpg,happy\n".encode("cp1252"))
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        labeled_files(path)
 
 
 def test_affectnet_csv_uses_the_face_box_and_skips_non_expressions(tmp_path: Path, face_frame: np.ndarray,
@@ -169,4 +216,14 @@ def test_class_folders_skip_hidden_folders_and_unreadable_images(tmp_path: Path,
     data = load_image_folder(tmp_path)
     assert len(data) == 2
     assert (data.images[1] == 77).all(), "a 48x48 image is a face crop already: resized, not detected"
-    assert "1 of 3 images skipped" in capsys.readouterr().out
+    assert f"{tmp_path}: 1 of 3 skipped: 1 unreadable or without a face" in capsys.readouterr().out
+
+
+def test_class_folders_keep_images_in_sub_folders(tmp_path: Path) -> None:
+    """One sub-folder per subject inside each class folder, as posed sets come."""
+    (tmp_path / "happy" / "S005").mkdir(parents=True)
+    (tmp_path / "happy" / ".cache").mkdir()
+    for name in ("S005/a.png", "b.png", ".cache/c.png"):
+        cv2.imwrite(str(tmp_path / "happy" / name), np.full((48, 48), 50, np.uint8))
+    files, labels = labeled_files(tmp_path)
+    assert files == [tmp_path / "happy" / "S005" / "a.png", tmp_path / "happy" / "b.png"]

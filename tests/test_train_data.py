@@ -17,6 +17,8 @@ from leaf_fer.train.data import (
     stratified_fraction,
     targets_for,
 )
+from leaf_fer.common import ConfigError
+from leaf_fer.train.config import split_extra
 from leaf_fer.train.model_spec import FER2013_CLASSES, FERPLUS_CLASSES
 
 
@@ -69,6 +71,10 @@ def test_fer2013_csv_pair(tmp_path):
     assert len(public) == 1 and targets_for(public, FERPLUS_CLASSES).hard.tolist() == [0]
     labels_only = load_fer2013_csv(fer, None, usage=None)
     assert targets_for(labels_only, FER2013_CLASSES).hard.tolist() == [3, 0, 6, 4]
+    kaggle_train = tmp_path / "train.csv"
+    kaggle_train.write_text("emotion,pixels\n" + "".join(f"{label},{' '.join(map(str, image.ravel()))}\n"
+                                                         for label, image, _, _ in rows))
+    assert load_dataset(kaggle_train).fer2013_labels.tolist() == [3, 0, 6, 4], "no Usage column: every row"
 
 
 def test_fer2013_csv_errors(tmp_path):
@@ -110,7 +116,7 @@ def test_image_folder_errors(tmp_path, capsys):
     (tmp_path / "bored").rmdir()
     (tmp_path / "happy").mkdir()
     (tmp_path / "happy" / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(DataError, match="no face found in any image"):
+    with pytest.raises(DataError, match="no face in any of its 1 images"):
         load_image_folder(tmp_path)
     (tmp_path / "happy" / "broken.png").unlink()
     cv2.imwrite(str(tmp_path / "happy" / "tiny.png"), np.zeros((3, 3), np.uint8))
@@ -199,3 +205,13 @@ def test_float_images_are_scaled_or_refused_never_cast_blindly(tmp_path: Path, c
         np.savez(tmp_path / "bad.npz", images=images, ferplus_votes=votes)
         with pytest.raises(DataError, match="range|NaN"):
             load_npz(tmp_path / "bad.npz")
+
+
+def test_extra_data_weight_after_the_last_at_sign() -> None:
+    assert split_extra("sets/tcce.csv@6.4") == ("sets/tcce.csv", 6.4)
+    assert split_extra("sets/tcce.csv") == ("sets/tcce.csv", 1.0)
+    assert split_extra("/data@2024/x.csv") == ("/data@2024/x.csv", 1.0), "an @ without a number is the path's"
+    assert split_extra("/data@2024/x.csv@0.1") == ("/data@2024/x.csv", 0.1)
+    for bad in ("x.csv@0", "x.csv@-1", "x.csv@nan", "x.csv@inf"):
+        with pytest.raises(ConfigError, match="must be a number > 0"):
+            split_extra(bad)

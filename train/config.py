@@ -141,14 +141,17 @@ class TrainConfig:
 
 def split_extra(spec: str) -> tuple[str, float]:
     """``PATH`` or ``PATH@WEIGHT`` → (path, weight): each face of that set is drawn ``WEIGHT`` times per epoch on
-    average (the main data's faces once), so a small set counts for more and a one-class set for less."""
-    path, _, weight = spec.rpartition("@") if "@" in spec else (spec, "", "1")
+    average (the main data's faces once), so a small set counts for more and a one-class set for less. An ``@``
+    followed by no number is part of the path."""
+    path, _, weight = spec.rpartition("@")
     try:
         value = float(weight)
     except ValueError:
-        raise ConfigError(f"{spec!r}: expected PATH or PATH@WEIGHT with a number") from None
-    if value <= 0:
-        raise ConfigError(f"{spec!r}: the weight must be > 0")
+        return spec, 1.0
+    if not path:
+        return spec, 1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{spec!r}: the weight must be a number > 0")
     return path, value
 
 

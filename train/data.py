@@ -15,13 +15,14 @@ import csv
 import glob
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from leaf_fer.common import IMAGE_EXTENSIONS, ConfigError, LeafFerError
+from leaf_fer.common import IMAGE_EXTENSIONS, ConfigError, LeafFerError, decode_image_file
 
 from .config import POSED_LABEL_WEIGHT
 from .model_spec import FER2013_CLASSES, FERPLUS_CLASSES
@@ -67,7 +68,7 @@ CLASS_SYNONYMS = {
 EXPECTED_CLASSES = (f"expected a FER+ class ({', '.join(FERPLUS_CLASSES)}) or a synonym (happy, sad, angry, "
                     "surprised, disgusted, afraid, scared, fearful, ...)")
 """What an unknown class name is told."""
-LABELS_CSV_COLUMNS = {"file": ("file", "image", "path", "filename", "file_name", "image_path", "img"),
+LABELS_CSV_COLUMNS = {"file": ("file", "image", "path", "filename", "file_name", "image_path", "img", "pth"),
                       "label": ("label", "emotion", "expression", "class")}
 """A labels CSV's two columns and the other names they are found under (any case)."""
 
@@ -195,11 +196,14 @@ def _to_gray48(image: np.ndarray, where: str) -> np.ndarray:
 def load_fer2013_csv(fer2013_csv: str | Path, ferplus_csv: str | Path | None = None, usage: str | None = "Training") -> FaceData:
     """The public Kaggle ``fer2013.csv`` (emotion, pixels, Usage), optionally with Microsoft's ``fer2013new.csv``.
 
-    Rows of the two files correspond one to one; ``usage`` selects Training / PublicTest / PrivateTest (None: all).
+    Rows of the two files correspond one to one; ``usage`` selects Training / PublicTest / PrivateTest (None: all). A
+    CSV without a Usage column (Kaggle's ``train.csv``) is used whole.
     """
     fer2013_csv = Path(fer2013_csv)
     _require_file(fer2013_csv)
-    rows = _read_csv(fer2013_csv, required=("emotion", "pixels", "Usage"))
+    rows = _read_csv(fer2013_csv, required=("emotion", "pixels"))
+    if rows and "Usage" not in rows[0]:
+        usage = None
     votes_rows = None
     if ferplus_csv is not None:
         ferplus_csv = Path(ferplus_csv)
@@ -234,14 +238,19 @@ def load_fer2013_csv(fer2013_csv: str | Path, ferplus_csv: str | Path | None = N
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; found {columns}")
-        reader.fieldnames = columns
-        return list(reader)
+    """The rows of a UTF-8 CSV (a byte-order mark allowed), names and cells stripped; a short row's missing cells
+    are empty."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle, restval="")
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise DataError(f"{path}: missing column(s) {missing}; found {columns}")
+            reader.fieldnames = columns
+            return [{k: v.strip() for k, v in row.items() if k is not None} for row in reader]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from exc
 
 
 def class_index(name: str, where: str) -> int:
@@ -259,8 +268,9 @@ def known_class(name: str) -> int | None:
 
 
 def image_folder_files(root: str | Path) -> tuple[list[Path], list[int]]:
-    """``root/<class>/*.png|jpg`` → files and FER+ class indices; hidden folders and files are skipped, and so is a
-    folder whose name is no class (one line each)."""
+    """``root/<class>/**/*.png|jpg`` → files and FER+ class indices (a class folder's sub-folders, such as one per
+    subject, included); hidden folders and files are skipped, and so is a folder whose name is no class (one line
+    each)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: folder not found")
@@ -271,8 +281,9 @@ def image_folder_files(root: str | Path) -> tuple[list[Path], list[int]]:
         if index is None:
             print(f"{folder}: {folder.name!r} is not an expression class; skipped")
             continue
-        for file in sorted(folder.iterdir()):
-            if file.suffix.lower() in IMAGE_EXTENSIONS and not file.name.startswith("."):
+        for file in sorted(folder.rglob("*")):
+            hidden = any(part.startswith(".") for part in file.relative_to(folder).parts)
+            if file.suffix.lower() in IMAGE_EXTENSIONS and not hidden and file.is_file():
                 files.append(file)
                 labels.append(index)
     if not files:
@@ -280,18 +291,23 @@ def image_folder_files(root: str | Path) -> tuple[list[Path], list[int]]:
     return files, labels
 
 
-def face_images(files: list[Path], boxes: list | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def face_images(files: list[Path], boxes: list | None = None, progress: bool = True,
+                where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Model-size face crops of image files and which files gave one. Small images (both sides ≤
     :data:`FACE_CROP_MAX_SIDE`) are face crops already; the others go through the face pipeline (detector + aligner,
-    cached). Unreadable images and images without a face give no crop (``found`` False), with one line saying how many."""
+    cached). Missing files, unreadable images and images without a face give no crop (``found`` False), with one
+    line saying how many of each; with ``where`` (the data set's name), no face at all is a :class:`DataError`."""
     from leaf_fer.realtime.face_crops import crop_files
 
     crops = np.zeros((len(files), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     found = np.zeros(len(files), bool)
     large: list[int] = []
+    missing: list[Path] = []
     for i, file in enumerate(files):
-        image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
+        image = decode_image_file(file, grayscale=True)
         if image is None:
+            if not file.is_file():
+                missing.append(file)
             continue
         if max(image.shape) <= FACE_CROP_MAX_SIDE and boxes is None:
             crops[i], found[i] = _to_gray48(image, str(file)), True
@@ -301,8 +317,14 @@ def face_images(files: list[Path], boxes: list | None = None, progress: bool = T
         result = crop_files([files[i] for i in large], boxes=None if boxes is None else [boxes[i] for i in large],
                             progress=progress)
         crops[large], found[large] = result.crops, result.found
-    if not found.all():
-        print(f"{len(files) - int(found.sum())} of {len(files)} images skipped: unreadable or no face found")
+    skipped = len(files) - int(found.sum())
+    not_found = f"{len(missing)} not found (first: {missing[0]}), " if missing else ""
+    if skipped:
+        print(f"{where or 'images'}: {skipped} of {len(files)} skipped: {not_found}"
+              f"{skipped - len(missing)} unreadable or without a face")
+    if where is not None and not found.any():
+        raise DataError(f"{where}: no face in any of its {len(files)} images ({not_found}"
+                        f"{skipped - len(missing)} unreadable or without a face)")
     return crops, found
 
 
@@ -315,14 +337,13 @@ def _one_hot_votes(labels: np.ndarray) -> np.ndarray:
 def load_image_folder(root: str | Path) -> FaceData:
     """``root/<class>/*.png|jpg``; class folder names are FER+/FER2013 class names or common synonyms (happy, sad...)."""
     files, labels = image_folder_files(root)
-    crops, found = face_images(files)
-    if not found.any():
-        raise DataError(f"{root}: no face found in any image")
+    crops, found = face_images(files, where=str(root))
     return FaceData(images=crops[found], ferplus_votes=_one_hot_votes(np.array(labels)[found]), source=str(root))
 
 
 def _resolve(base: Path, name: str) -> Path:
-    path = Path(name)
+    """A listed image's path: relative ones under ``base``; Windows separators work on every system."""
+    path = Path(name.strip().replace("\\", "/") if os.sep == "/" else name.strip())
     return path if path.is_absolute() else base / path
 
 
@@ -373,9 +394,7 @@ def load_labels_csv(path: str | Path, label_weight: float = POSED_LABEL_WEIGHT) 
         total = shares.sum(axis=1, keepdims=True)
         shares = np.where(total > 0, shares / np.maximum(total, 1e-6), soft)
         soft = label_weight * soft + (1 - label_weight) * shares
-    crops, found = face_images(files)
-    if not found.any():
-        raise DataError(f"{path}: no face found in any image")
+    crops, found = face_images(files, where=str(path))
     return FaceData(images=crops[found], soft_labels=soft[found], source=str(path))
 
 
@@ -393,42 +412,63 @@ def labeled_files(path: str | Path) -> tuple[list[Path], list[int]]:
     raise DataError(f"{path}: expected a folder with one sub-folder per class or a labels CSV (file, label)")
 
 
-def load_rafdb(list_file: str | Path) -> FaceData:
-    """RAF-DB basic: ``list_patition_label.txt`` lines ``train_00001.jpg 5`` (ids 1..7) with the images in
-    ``Image/aligned`` (``*_aligned.jpg``), ``Image/original`` or beside the list file."""
+RAFDB_SPLITS = {"Training": "train_", "PublicTest": "test_", "PrivateTest": "test_"}
+"""The file-name prefix of RAF-DB's entries each ``usage`` keeps."""
+
+
+def load_rafdb(list_file: str | Path, usage: str | None = "Training") -> FaceData:
+    """RAF-DB basic: ``list_patition_label.txt`` lines ``train_00001.jpg 5`` (ids 1..7). ``usage`` Training keeps
+    the ``train_*`` entries, PublicTest and PrivateTest the ``test_*`` ones, None all. Images are looked for in
+    ``Image/aligned`` (``*_aligned.jpg``), ``Image/original`` or beside the list file, from its folder and from the
+    one above (the official ``basic/EmoLabel/`` beside ``basic/Image/``)."""
     list_file = Path(list_file)
     _require_file(list_file)
-    base = list_file.parent
-    files, labels = [], []
-    for number, line in enumerate(list_file.read_text().splitlines(), 1):
+    bases = (list_file.parent, list_file.parent.parent)
+    entries: list[tuple[int, Path, int]] = []
+    for number, line in enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
         if len(parts) != 2 or not parts[1].isdigit() or not 1 <= int(parts[1]) <= len(RAFDB_CLASSES):
             raise DataError(f"{list_file}: line {number}: expected 'NAME.jpg LABEL' with LABEL in 1..7, got {line!r}")
-        name = Path(parts[0])
-        candidates = [base / "Image" / "aligned" / f"{name.stem}_aligned{name.suffix}", base / "Image" / "original" / name,
-                      base / "aligned" / f"{name.stem}_aligned{name.suffix}", base / name]
+        entries.append((number, Path(parts[0]), int(parts[1])))
+    prefix = RAFDB_SPLITS.get(usage or "")
+    if prefix and any(name.name.startswith(tuple(RAFDB_SPLITS.values())) for _, name, _ in entries):
+        entries = [entry for entry in entries if entry[1].name.startswith(prefix)]
+    files, labels = [], []
+    for number, name, label in entries:
+        aligned = f"{name.stem}_aligned{name.suffix}"
+        candidates = [c for base in bases for c in (base / "Image" / "aligned" / aligned, base / "Image" / "original" / name,
+                                                     base / "aligned" / aligned, base / name)]
         file = next((c for c in candidates if c.is_file()), None)
         if file is None:
-            raise DataError(f"{list_file}: line {number}: image {name} not found under {base}")
+            raise DataError(f"{list_file}: line {number}: image {name} not found under {bases[0]} or {bases[1]}")
         files.append(file)
-        labels.append(FERPLUS_CLASSES.index(RAFDB_CLASSES[int(parts[1]) - 1]))
+        labels.append(FERPLUS_CLASSES.index(RAFDB_CLASSES[label - 1]))
     if not files:
-        raise DataError(f"{list_file}: no entries")
-    crops, found = face_images(files)
+        raise DataError(f"{list_file}: no {prefix or ''}entries")
+    crops, found = face_images(files, where=str(list_file))
     return FaceData(images=crops[found], ferplus_votes=_one_hot_votes(np.array(labels)[found]), source=str(list_file))
+
+
+def _affectnet_image_root(path: Path, names: list[str]) -> Path:
+    """Where an AffectNet CSV's images are: the first of its folder, ``../Manually_Annotated_Images`` (the official
+    layout, beside ``Manually_Annotated_file_lists/``), the folder above and ``Manually_Annotated_Images`` beside
+    it that holds one of its first images."""
+    roots = [path.parent, path.parent.parent / "Manually_Annotated_Images", path.parent.parent,
+             path.parent / "Manually_Annotated_Images"]
+    return next((root for root in roots if any(_resolve(root, name).is_file() for name in names[:20])), path.parent)
 
 
 def load_affectnet_csv(path: str | Path, image_root: str | Path | None = None) -> FaceData:
     """AffectNet-style CSV: ``subDirectory_filePath``, ``face_x``, ``face_y``, ``face_width``, ``face_height``,
-    ``expression`` (0..7; 8 none, 9 uncertain, 10 no face skipped); images under ``image_root`` (default: the CSV's
-    folder). The face box picks the face when the detector finds several, and is the face when it finds none."""
+    ``expression`` (0..7; 8 none, 9 uncertain, 10 no face skipped); images under ``image_root`` (default: found
+    beside the CSV, see :func:`_affectnet_image_root`). The face box picks the face when the detector finds several,
+    and is the face when it finds none."""
     path = Path(path)
     _require_file(path)
-    root = Path(image_root) if image_root is not None else path.parent
     rows = _read_csv(path, required=("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "expression"))
-    files, labels, boxes = [], [], []
+    names, labels, boxes = [], [], []
     for i, row in enumerate(rows):
         try:
             expression = int(row["expression"])
@@ -437,19 +477,23 @@ def load_affectnet_csv(path: str | Path, image_root: str | Path | None = None) -
             raise DataError(f"{path}: row {i + 2}: unreadable expression or face box ({exc})") from exc
         if not 0 <= expression < len(AFFECTNET_CLASSES):
             continue
-        files.append(_resolve(root, row["subDirectory_filePath"]))
+        names.append(row["subDirectory_filePath"])
         labels.append(FERPLUS_CLASSES.index(AFFECTNET_CLASSES[expression]))
         boxes.append((x, y, x + w, y + h))
-    if not files:
+    if not names:
         raise DataError(f"{path}: no row with an expression id in 0..7")
-    crops, found = face_images(files, boxes)
+    root = Path(image_root) if image_root is not None else _affectnet_image_root(path, names)
+    crops, found = face_images([_resolve(root, name) for name in names], boxes, where=f"{path} (images under {root})")
     return FaceData(images=crops[found], ferplus_votes=_one_hot_votes(np.array(labels)[found]), source=str(path))
 
 
 def csv_columns(path: Path) -> list[str]:
     _require_file(path)
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        return [c.strip() for c in next(csv.reader(handle), [])]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            return [c.strip() for c in next(csv.reader(handle), [])]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from exc
 
 
 def load_dataset(path: str | Path, ferplus_csv: str | Path | None = None, usage: str | None = "Training",
@@ -472,7 +516,7 @@ def load_dataset(path: str | Path, ferplus_csv: str | Path | None = None, usage:
         raise DataError(f"{path}: unknown CSV layout (columns {columns}); expected fer2013.csv (emotion, pixels, Usage), "
                         "a labels CSV (file, label) or an AffectNet CSV (subDirectory_filePath, face_x, ..., expression)")
     if suffix == ".txt":
-        return load_rafdb(path)
+        return load_rafdb(path, usage)
     if path.is_dir():
         return load_image_folder(path)
     raise DataError(f"{path}: expected an .npz file, a CSV, a RAF-DB list file or an image folder")
