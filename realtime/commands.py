@@ -105,11 +105,12 @@ def _register_annotate(subparsers: argparse._SubParsersAction) -> None:
 def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser(
         "evaluate", help="accuracy, macro recall and per-class recall: on model-size faces (npz) or end to end",
-        description="An .npz of 48x48 faces scores the model alone. Class sub-folders or a labels CSV (file, label) "
-                    "of full-size images run the whole pipeline (detector, aligner, model): no-face rate, accuracy, "
+        description="An .npz of 48x48 faces scores the model alone. Class sub-folders, a labels CSV (file, label), "
+                    "an AffectNet CSV or RAF-DB's list file (its test_* entries) of full-size images run the whole pipeline (detector, aligner, model): no-face rate, accuracy, "
                     "macro recall, per-class recall, confusion PNG and JSON.")
     evaluate.add_argument("--data", type=Path, required=True,
-                          help="npz (images + ferplus_votes or labels), a class-folder tree or a labels CSV")
+                          help="npz (images + ferplus_votes or labels), a class-folder tree, a labels CSV, an "
+                               "AffectNet CSV or RAF-DB's list file")
     evaluate.add_argument("--json", type=Path, help="also write the scores to this JSON file")
     evaluate.add_argument("-o", "--output", type=Path, help="folder for evaluation.json and confusion.png (default: none)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")

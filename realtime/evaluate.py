@@ -1,9 +1,10 @@
 """``leaf-fer evaluate``: a model scored on labeled faces, on any backend (ONNX Runtime needs no torch).
 
-- Full-size labeled images (class folders or a labels CSV): the whole live pipeline (detector cascade → aligner →
-  model), one still frame per image, scored against the image's label. An image where no face is found counts as a
-  miss; the report gives the no-face rate beside accuracy, macro recall (the mean of the per-class recalls), per-class
-  recall, a confusion matrix with a ``no face`` column, and the same numbers over the images where a face was found.
+- Full-size labeled images (class folders, a labels CSV, an AffectNet CSV or RAF-DB's list file): the whole live
+  pipeline (detector cascade → aligner → model), one still frame per image, scored against the image's label. An
+  image where no face is found counts as a miss; the report gives the no-face rate beside accuracy, macro recall (the
+  mean of the per-class recalls), per-class recall, a confusion matrix with a ``no face`` column, and the same
+  numbers over the images where a face was found.
 - An npz of model-size faces (:func:`evaluate_npz`): the model alone, FER+ majority (``ferplus_votes``) or FER2013
   labels (``labels``), over the classes the model and the data share.
 """
@@ -96,7 +97,7 @@ class EndToEndReport:
 
 def evaluate_end_to_end(data: str | Path, config: PipelineConfig | None = None, pipeline: Pipeline | None = None,
                         progress: bool = True) -> EndToEndReport:
-    """Run every image of ``data`` (class folders or a labels CSV) through the pipeline; the largest face is the
+    """Run every image of ``data`` (see :func:`labeled_files`) through the pipeline; the largest face is the
     image's answer, chosen among the classes that the data and the model share."""
     files, labels = labeled_files(data)
     own = pipeline is None

@@ -136,6 +136,7 @@ def test_rafdb_list_file_with_aligned_images(tmp_path: Path, face_frame: np.ndar
     for usage, expected in (("Training", [surprise]), ("PublicTest", [anger]), (None, [surprise, anger])):
         data = load_dataset(tmp_path / "list_patition_label.txt", usage=usage)
         assert targets_for(data, FERPLUS_CLASSES).hard.tolist() == expected, "train_* trains, test_* validates"
+    assert labeled_files(tmp_path / "list_patition_label.txt") == ([aligned / "test_0001_aligned.jpg"], [anger])
     (tmp_path / "list_patition_label.txt").write_text("train_00001.jpg 9\n")
     with pytest.raises(DataError, match="LABEL in 1..7"):
         load_rafdb(tmp_path / "list_patition_label.txt")
@@ -166,6 +167,8 @@ def test_affectnet_official_layout_and_missing_images(tmp_path: Path, face_frame
     data = load_dataset(path)
     assert targets_for(data, FERPLUS_CLASSES).hard.tolist() == [FERPLUS_CLASSES.index("surprise")]
     assert "1 of 2 skipped: 1 not found (first: " in capsys.readouterr().out
+    assert labeled_files(path) == ([tmp_path / "Manually_Annotated_Images" / "7" / name for name in ("face.jpg", "gone.jpg")],
+                                   [FERPLUS_CLASSES.index("surprise"), FERPLUS_CLASSES.index("happiness")])
     path = write_csv(tmp_path / "Manually_Annotated_file_lists" / "validation.csv", header, rows[1:])
     with pytest.raises(DataError, match="no face in any of its 1 images .1 not found"):
         load_dataset(path)
@@ -227,3 +230,4 @@ def test_class_folders_keep_images_in_sub_folders(tmp_path: Path) -> None:
         cv2.imwrite(str(tmp_path / "happy" / name), np.full((48, 48), 50, np.uint8))
     files, labels = labeled_files(tmp_path)
     assert files == [tmp_path / "happy" / "S005" / "a.png", tmp_path / "happy" / "b.png"]
+    assert labels == [FERPLUS_CLASSES.index("happiness")] * 2

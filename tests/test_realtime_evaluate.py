@@ -41,6 +41,9 @@ def test_end_to_end_evaluation_of_a_class_folder(tmp_path: Path, capsys: pytest.
 
 
 def test_evaluate_refuses_an_unknown_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.json").write_text("{}")
+    assert main(["evaluate", "--data", str(tmp_path / "notes.json")]) == 2
+    assert "expected a folder with one sub-folder per class, a labels CSV" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("hello")
     assert main(["evaluate", "--data", str(tmp_path / "notes.txt")]) == 2
-    assert "expected a folder with one sub-folder per class or a labels CSV" in capsys.readouterr().err
+    assert "line 1: expected 'NAME.jpg LABEL'" in capsys.readouterr().err, "a .txt is read as RAF-DB's list file"

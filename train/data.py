@@ -399,28 +399,35 @@ def load_labels_csv(path: str | Path, label_weight: float = POSED_LABEL_WEIGHT) 
 
 
 def labeled_files(path: str | Path) -> tuple[list[Path], list[int]]:
-    """Full-size labeled images for end-to-end evaluation: a class-folder tree or a labels CSV (``file``, ``label``)
-    → files and FER+ class indices."""
+    """Full-size labeled images for end-to-end evaluation: a class-folder tree, a labels CSV (``file``, ``label``),
+    an AffectNet CSV or RAF-DB's list file (its ``test_*`` entries) → files and FER+ class indices."""
     path = Path(path)
     if path.is_dir():
         return image_folder_files(path)
-    if path.suffix.lower() == ".csv":
+    suffix = path.suffix.lower()
+    if suffix == ".csv" and "subDirectory_filePath" in csv_columns(path):
+        files, labels, _ = affectnet_files(path)
+        return files, labels
+    if suffix == ".csv":
         _, files, labels = _labels_table(path)
         return files, labels.tolist()
+    if suffix == ".txt":
+        return rafdb_files(path, "PublicTest")
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
-    raise DataError(f"{path}: expected a folder with one sub-folder per class or a labels CSV (file, label)")
+    raise DataError(f"{path}: expected a folder with one sub-folder per class, a labels CSV (file, label), an "
+                    "AffectNet CSV or RAF-DB's list file")
 
 
 RAFDB_SPLITS = {"Training": "train_", "PublicTest": "test_", "PrivateTest": "test_"}
 """The file-name prefix of RAF-DB's entries each ``usage`` keeps."""
 
 
-def load_rafdb(list_file: str | Path, usage: str | None = "Training") -> FaceData:
-    """RAF-DB basic: ``list_patition_label.txt`` lines ``train_00001.jpg 5`` (ids 1..7). ``usage`` Training keeps
-    the ``train_*`` entries, PublicTest and PrivateTest the ``test_*`` ones, None all. Images are looked for in
-    ``Image/aligned`` (``*_aligned.jpg``), ``Image/original`` or beside the list file, from its folder and from the
-    one above (the official ``basic/EmoLabel/`` beside ``basic/Image/``)."""
+def rafdb_files(list_file: str | Path, usage: str | None = "Training") -> tuple[list[Path], list[int]]:
+    """RAF-DB basic: ``list_patition_label.txt`` lines ``train_00001.jpg 5`` (ids 1..7) → image files and FER+ class
+    indices. ``usage`` Training keeps the ``train_*`` entries, PublicTest and PrivateTest the ``test_*`` ones, None
+    all. Images are looked for in ``Image/aligned`` (``*_aligned.jpg``), ``Image/original`` or beside the list file,
+    from its folder and from the one above (the official ``basic/EmoLabel/`` beside ``basic/Image/``)."""
     list_file = Path(list_file)
     _require_file(list_file)
     bases = (list_file.parent, list_file.parent.parent)
@@ -447,6 +454,12 @@ def load_rafdb(list_file: str | Path, usage: str | None = "Training") -> FaceDat
         labels.append(FERPLUS_CLASSES.index(RAFDB_CLASSES[label - 1]))
     if not files:
         raise DataError(f"{list_file}: no {prefix or ''}entries")
+    return files, labels
+
+
+def load_rafdb(list_file: str | Path, usage: str | None = "Training") -> FaceData:
+    """RAF-DB's faces of ``usage`` (see :func:`rafdb_files`)."""
+    files, labels = rafdb_files(list_file, usage)
     crops, found = face_images(files, where=str(list_file))
     return FaceData(images=crops[found], ferplus_votes=_one_hot_votes(np.array(labels)[found]), source=str(list_file))
 
@@ -460,11 +473,11 @@ def _affectnet_image_root(path: Path, names: list[str]) -> Path:
     return next((root for root in roots if any(_resolve(root, name).is_file() for name in names[:20])), path.parent)
 
 
-def load_affectnet_csv(path: str | Path, image_root: str | Path | None = None) -> FaceData:
+def affectnet_files(path: str | Path, image_root: str | Path | None = None
+                    ) -> tuple[list[Path], list[int], list[tuple[float, float, float, float]]]:
     """AffectNet-style CSV: ``subDirectory_filePath``, ``face_x``, ``face_y``, ``face_width``, ``face_height``,
-    ``expression`` (0..7; 8 none, 9 uncertain, 10 no face skipped); images under ``image_root`` (default: found
-    beside the CSV, see :func:`_affectnet_image_root`). The face box picks the face when the detector finds several,
-    and is the face when it finds none."""
+    ``expression`` (0..7; 8 none, 9 uncertain, 10 no face skipped) → image files, FER+ class indices and face boxes;
+    images under ``image_root`` (default: found beside the CSV, see :func:`_affectnet_image_root`)."""
     path = Path(path)
     _require_file(path)
     rows = _read_csv(path, required=("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "expression"))
@@ -483,7 +496,14 @@ def load_affectnet_csv(path: str | Path, image_root: str | Path | None = None) -
     if not names:
         raise DataError(f"{path}: no row with an expression id in 0..7")
     root = Path(image_root) if image_root is not None else _affectnet_image_root(path, names)
-    crops, found = face_images([_resolve(root, name) for name in names], boxes, where=f"{path} (images under {root})")
+    return [_resolve(root, name) for name in names], labels, boxes
+
+
+def load_affectnet_csv(path: str | Path, image_root: str | Path | None = None) -> FaceData:
+    """An AffectNet-style CSV's faces (see :func:`affectnet_files`). The face box picks the face when the detector
+    finds several, and is the face when it finds none."""
+    files, labels, boxes = affectnet_files(path, image_root)
+    crops, found = face_images(files, boxes, where=str(path))
     return FaceData(images=crops[found], ferplus_votes=_one_hot_votes(np.array(labels)[found]), source=str(path))
 
 
