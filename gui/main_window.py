@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -284,7 +285,9 @@ class MainWindow(QMainWindow):
         text = self.source_combo.currentText().strip()
         if not text:
             return None
-        index = self.source_combo.findText(text, Qt.MatchFlag.MatchFixedString)
+        index = self.source_combo.currentIndex()
+        if index < 0 or self.source_combo.itemText(index) != text:
+            index = self.source_combo.findText(text, Qt.MatchFlag.MatchFixedString)
         data = self.source_combo.itemData(index) if index >= 0 else None
         return data if isinstance(data, (int, str)) else text
 
@@ -364,6 +367,7 @@ class MainWindow(QMainWindow):
         worker.pipeline_ready.connect(self._on_pipeline_ready)
         worker.recording_started.connect(self._on_recording_started)
         worker.recording_finished.connect(self._on_recording_finished)
+        worker.recording_failed.connect(self._on_recording_failed)
         worker.finished.connect(self._on_worker_finished)
         self.worker = worker
         self.pause_action.setChecked(False)
@@ -401,16 +405,30 @@ class MainWindow(QMainWindow):
             return
         self._begin_recording()
 
-    def _begin_recording(self) -> None:
+    def _output_paths(self, *suffixes: str) -> list[Path] | None:
+        """New files in the output folder (as the Save-to field reads now, even unconfirmed) named by the time to
+        the millisecond, none of which exists yet; None, with the error shown, when the folder cannot be made."""
+        self._output_edited()
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             self.show_error(f"Cannot create the output folder {self.output_dir}: {exc}")
+            return None
+        now = time.time()
+        stem = f"leaf-fer_{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{int(now * 1000) % 1000:03d}"
+        for attempt in itertools.count():
+            paths = [self.output_dir / f"{stem}{f'_{attempt}' if attempt else ''}{suffix}" for suffix in suffixes]
+            if not any(path.exists() for path in paths):
+                return paths
+        raise AssertionError("unreachable")
+
+    def _begin_recording(self) -> None:
+        paths = self._output_paths(".mp4", ".csv")
+        if paths is None:
             self.record_action.setChecked(False)
             return
-        stem = self.output_dir / f"leaf-fer_{time.strftime('%Y%m%d-%H%M%S')}"
         assert self.worker is not None
-        self.worker.start_recording(stem.with_suffix(".mp4"), stem.with_suffix(".csv"))
+        self.worker.start_recording(*paths)
 
     def snapshot(self) -> Path | None:
         """Save the frame on screen (with its overlay) as a PNG in the output folder."""
@@ -418,13 +436,10 @@ class MainWindow(QMainWindow):
         if image is None or image.isNull():
             self.show_error("Nothing to snapshot yet.")
             return None
-        try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            self.show_error(f"Cannot create the output folder {self.output_dir}: {exc}")
+        paths = self._output_paths(".png")
+        if paths is None:
             return None
-        millis = int(time.time() * 1000) % 1000
-        path = self.output_dir / f"leaf-fer_{time.strftime('%Y%m%d-%H%M%S')}-{millis:03d}.png"
+        [path] = paths
         if not image.save(str(path), "PNG"):
             self.show_error(f"Could not write {path}.")
             return None
@@ -517,17 +532,30 @@ class MainWindow(QMainWindow):
             self.show_info(text)
 
     def _on_recording_started(self, video: str, csv: str) -> None:
+        if self.sender() is not self.worker:
+            return
         self.recording_label.setText("● REC")
         self._status(f"Recording to {video}", 4000)
 
-    def _on_recording_finished(self, video: str, csv: str) -> None:
+    def _on_recording_finished(self, video: str, csv: str, follows: bool) -> None:
         self.last_recording = (Path(video), Path(csv))
-        self.recording_label.setText("")
-        self.record_action.blockSignals(True)
-        self.record_action.setChecked(False)
-        self.record_action.blockSignals(False)
+        if self.sender() is self.worker:
+            self._recording_ended(follows)
         if not (self.banner.kind == "error" and self.banner.isVisible()):
             self.show_info(f"Recording saved: {video} and {Path(csv).name}")
+
+    def _on_recording_failed(self, text: str, follows: bool) -> None:
+        if self.sender() is self.worker:
+            self._recording_ended(follows)
+        self.show_error(text)
+
+    def _recording_ended(self, follows: bool) -> None:
+        """The current worker's recording is over: Record stays checked only when another one has been asked for."""
+        self.recording_label.setText("")
+        if not follows:
+            self.record_action.blockSignals(True)
+            self.record_action.setChecked(False)
+            self.record_action.blockSignals(False)
 
     def _on_worker_finished(self) -> None:
         """Reset the controls; the finished worker is kept (not deleted) until the next one finishes."""
@@ -546,7 +574,8 @@ class MainWindow(QMainWindow):
         self.pause_action.blockSignals(False)
         self.opened_source = None
         self.fps_label.setText("FPS: –")
-        if self.last_packet is None or not self.last_packet.still:
+        still = self.last_packet is not None and self.last_packet.still
+        if not still:
             self._show_stopped()
         self._update_buttons()
         if self._closing:
@@ -555,6 +584,8 @@ class MainWindow(QMainWindow):
         if self._pending_start is not None:
             spec, self._pending_start = self._pending_start, None
             self.start_source(spec)
+        elif still and worker.config != self.config and self._source is not None:
+            self.start_source(self._source)
 
     def _show_stopped(self) -> None:
         """Mark the view as stopped and clear the readouts of faces that are no longer being analysed."""

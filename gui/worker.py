@@ -21,6 +21,8 @@ from leaf_fer.realtime.types import Frame, FrameResult
 from leaf_fer.realtime.writers import CsvWriter, VideoWriter
 
 SourceSpec = int | str
+RATE_SPAN_S = 0.5
+"""Seconds of frames over which a live source's rate is measured before a recording of it starts."""
 
 
 @dataclass(frozen=True)
@@ -109,14 +111,16 @@ class FramePacer:
         self._origin = None
 
     def wait(self, timestamp_s: float) -> None:
-        """Sleep until the frame at ``timestamp_s`` is due (a jump of over a second starts a new timeline)."""
+        """Sleep until the frame at ``timestamp_s`` is due. A frame over a second early or late (a jump in the file,
+        a stall such as a settings change) starts a new timeline, so that the video neither waits nor races to catch
+        up."""
         now = time.perf_counter()
         if self._origin is None:
             self._origin = (now, timestamp_s)
             return
         started, first_s = self._origin
         delay = (timestamp_s - first_s) - (now - started)
-        if delay > 1.0:
+        if abs(delay) > 1.0:
             self._origin = (now, timestamp_s)
             return
         while delay > 0 and not self._stop.is_set():
@@ -158,7 +162,8 @@ class PipelineWorker(QThread):
     Control methods are thread-safe and never block: they set flags the loop reads between frames. A frame that
     finishes while the UI has not yet consumed the previous packet is not emitted (it is still recorded). A config
     that cannot be applied is answered by ``config_rejected(message, requested, running)``; ``source_opened``
-    carries the opened :class:`Source` (read its properties only).
+    carries the opened :class:`Source` (read its properties only). ``recording_finished(video, csv, follows)`` and
+    ``recording_failed(message, follows)`` say whether another recording has been asked for since.
     """
 
     frame_ready = pyqtSignal(object)
@@ -167,7 +172,8 @@ class PipelineWorker(QThread):
     config_rejected = pyqtSignal(str, object, object)
     source_opened = pyqtSignal(object)
     recording_started = pyqtSignal(str, str)
-    recording_finished = pyqtSignal(str, str)
+    recording_finished = pyqtSignal(str, str, bool)
+    recording_failed = pyqtSignal(str, bool)
     source_ended = pyqtSignal(str)
 
     def __init__(
@@ -195,6 +201,7 @@ class PipelineWorker(QThread):
         self._pending_record: tuple[Path, Path] | None = None
         self._stop_record = False
         self._opened: Source | None = None
+        self._pipeline: PipelineLike | None = None
         self._meter = FpsMeter()
         self.frames_processed = 0
         self.frames_dropped = 0
@@ -232,21 +239,21 @@ class PipelineWorker(QThread):
         self._ui_busy.clear()
 
     def run(self) -> None:
-        pipeline: PipelineLike | None = None
         source: Source | None = None
         recorder: RecorderLike | None = None
         try:
-            pipeline = self._build(self.config)
-            if pipeline is None:
+            self._pipeline = self._build(self.config)
+            if self._pipeline is None:
                 return
             source = self._open_source()
             if source is None:
                 return
-            recorder = self._loop(pipeline, source)
+            recorder = self._loop(source)
         finally:
             self._finish_recording(recorder)
             _close_quietly(source)
-            _close_quietly(pipeline)
+            _close_quietly(self._pipeline)
+            self._pipeline = None
 
     def _build(self, config: PipelineConfig) -> PipelineLike | None:
         """The pipeline for ``config``; a backend that cannot start gives way to ``auto``, which says so."""
@@ -280,7 +287,7 @@ class PipelineWorker(QThread):
         self.source_opened.emit(source)
         return source
 
-    def _loop(self, pipeline: PipelineLike, source: Source) -> RecorderLike | None:
+    def _loop(self, source: Source) -> RecorderLike | None:
         recorder: RecorderLike | None = None
         frames: Iterator[Frame] = iter(source)
         pacer = FramePacer(self._stop) if self._pace and not source.is_live else None
@@ -290,7 +297,7 @@ class PipelineWorker(QThread):
                 if pacer is not None:
                     pacer.restart()
                 self._meter.reset()
-                pipeline = self._apply_config(pipeline)
+                self._apply_config()
                 continue
             try:
                 frame = next(frames)
@@ -302,7 +309,10 @@ class PipelineWorker(QThread):
                 break
             if self._stop.is_set():
                 break
-            pipeline = self._apply_config(pipeline)
+            if self._apply_config() and pacer is not None:
+                pacer.restart()
+            pipeline = self._pipeline
+            assert pipeline is not None
             try:
                 result = pipeline.process(frame)
             except Exception as exc:  # noqa: BLE001
@@ -316,7 +326,7 @@ class PipelineWorker(QThread):
                     recorder.write(result, image)
                 except Exception as exc:  # noqa: BLE001 - disk full, codec failure
                     self.error.emit(f"Recording stopped: {exc}")
-                    self._finish_recording(recorder)
+                    self._finish_recording(recorder, self._recording_follows())
                     recorder = None
             self.frames_processed += 1
             if pacer is not None:
@@ -328,11 +338,13 @@ class PipelineWorker(QThread):
             self.frame_ready.emit(self._packet(result, image, pipeline.backend_name))
         return recorder
 
-    def _apply_config(self, pipeline: PipelineLike) -> PipelineLike:
+    def _apply_config(self) -> bool:
+        """Rebuild the pipeline if a new config is pending; whether it was rebuilt."""
         with self._lock:
             config, self._pending_config = self._pending_config, None
-        if config is None:
-            return pipeline
+        pipeline = self._pipeline
+        if config is None or pipeline is None:
+            return False
         try:
             rebuilt = self._pipeline_factory(config)
         except Exception as exc:  # noqa: BLE001
@@ -342,46 +354,63 @@ class PipelineWorker(QThread):
                 config,
                 self.config,
             )
-            return pipeline
+            return False
         _close_quietly(pipeline)
+        self._pipeline = rebuilt
         self.config = config
         self.pipeline_ready.emit(rebuilt.backend_name, tuple(rebuilt.classes))
-        return rebuilt
+        return True
 
     def _update_recording(self, recorder: RecorderLike | None, result: FrameResult, fps: float) -> RecorderLike | None:
+        """Finish the recording the user stopped or replaced; start the one asked for once its frame rate is known."""
         with self._lock:
-            target, self._pending_record = self._pending_record, None
+            target = self._pending_record
             stop, self._stop_record = self._stop_record, False
+            ready = target is not None and self._rate_known()
+            if ready:
+                self._pending_record = None
         if (stop or target is not None) and recorder is not None:
-            self._finish_recording(recorder)
+            self._finish_recording(recorder, follows=target is not None)
             recorder = None
-        if target is None:
+        if not ready or target is None:
             return recorder
-        rate = self._recording_fps(fps)
         try:
-            recorder = self._recorder_factory(target[0], target[1], rate, tuple(result.classes))
+            recorder = self._recorder_factory(target[0], target[1], self._recording_fps(fps), tuple(result.classes))
         except Exception as exc:  # noqa: BLE001
-            self.error.emit(f"Could not start recording: {exc}")
+            self.recording_failed.emit(f"Could not start recording: {exc}", self._recording_follows())
             return None
         self.recording_started.emit(str(recorder.video_path), str(recorder.csv_path))
         return recorder
+
+    def _recording_follows(self) -> bool:
+        """Whether a recording has been asked for and not started yet."""
+        with self._lock:
+            return self._pending_record is not None
+
+    def _rate_known(self) -> bool:
+        """Whether a recording may start: a file has its own frame rate; a live source's is measured over
+        :data:`RATE_SPAN_S` of frames first (right after Start or a pause, a live recording starts that much later)."""
+        source = self._opened
+        if source is not None and not source.is_live and source.fps > 0:
+            return True
+        return self._meter.span_s >= RATE_SPAN_S
 
     def _recording_fps(self, measured: float) -> float:
         """The source's own frame rate for files; the measured processing rate for live sources."""
         source = self._opened
         if source is not None and not source.is_live and source.fps > 0:
             return float(source.fps)
-        return float(min(60.0, max(1.0, round(measured, 1)))) if measured > 0 else 15.0
+        return float(min(60.0, max(1.0, round(measured, 1))))
 
-    def _finish_recording(self, recorder: RecorderLike | None) -> None:
+    def _finish_recording(self, recorder: RecorderLike | None, follows: bool = False) -> None:
         if recorder is None:
             return
         try:
             recorder.close()
         except Exception as exc:  # noqa: BLE001
-            self.error.emit(f"Could not finish the recording: {exc}")
+            self.recording_failed.emit(f"Could not finish the recording: {exc}", follows)
             return
-        self.recording_finished.emit(str(recorder.video_path), str(recorder.csv_path))
+        self.recording_finished.emit(str(recorder.video_path), str(recorder.csv_path), follows)
 
     def _packet(self, result: FrameResult, image: np.ndarray, backend: str) -> FramePacket:
         timings = result.timings

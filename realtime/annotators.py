@@ -237,8 +237,13 @@ class FpsMeter:
         return self.fps
 
     @property
+    def span_s(self) -> float:
+        """Seconds between the first and the last frame counted."""
+        return self._ticks[-1] - self._ticks[0] if self._ticks else 0.0
+
+    @property
     def fps(self) -> float:
-        span = self._ticks[-1] - self._ticks[0] if self._ticks else 0.0
+        span = self.span_s
         return (len(self._ticks) - 1) / span if span > 0 else 0.0
 
     def reset(self) -> None:

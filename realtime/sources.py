@@ -526,7 +526,8 @@ def open_source(
     stall_timeout_s: float = 5.0,
     max_reconnects: int = 3,
 ) -> Source:
-    """Open ``spec``: an int (or digit string) webcam index, a stream URL, an image, a folder of images or a video.
+    """Open ``spec``: an int (or digit string) webcam index, a stream URL, an image, a folder of images or a video
+    (``~`` is the home folder).
 
     Webcams and streams are live (a reader thread, newest frame only). ``live=True`` plays a video file as live at
     its own frame rate (useful to try live mode without a camera). Raises :class:`SourceError` with a one-line message
@@ -551,7 +552,7 @@ def open_source(
             )
         except SourceError:
             raise SourceError(f"{name}: cannot open stream (unreachable, wrong URL or unsupported format)") from None
-    path = Path(text)
+    path = Path(text).expanduser()
     if path.is_dir():
         return FolderSource(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:

@@ -626,3 +626,178 @@ def test_the_settings_form_is_built_from_the_record(qtbot) -> None:
     assert not expected.draw_hud, "fields the form does not show keep their values"
     form.show_config(PipelineConfig())
     assert form.config() == PipelineConfig() and len(edits) == len(FORM_VALUES), "showing a record is no edit"
+
+
+class PacedLive(Source):
+    """A live source of grey frames every ``period_s`` seconds."""
+
+    is_live = True
+
+    def __init__(self, period_s: float) -> None:
+        self.name, self.period_s = "webcam 0", period_s
+
+    def frames(self) -> Iterator[Frame]:
+        for i in itertools.count():
+            time.sleep(self.period_s)
+            yield Frame(i, time.perf_counter(), np.full((120, 160, 3), 90, np.uint8), captured_at=time.perf_counter())
+
+
+class FakeRecorder:
+    """Counts frames; ``fail`` makes its creation fail."""
+
+    def __init__(self, video: Path, csv_path: Path, fps: float, fail: bool = False) -> None:
+        if fail:
+            raise OSError("disk full")
+        self.video_path, self.csv_path, self.fps, self.frames = video, csv_path, fps, 0
+
+    def write(self, result: FrameResult, image: np.ndarray) -> None:
+        self.frames += 1
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_live_recording_runs_at_the_measured_rate_even_when_started_at_once(qtbot) -> None:
+    """A recording asked for before any frame waits until the source's rate is measured (not a guessed 15 fps)."""
+    made: list[FakeRecorder] = []
+
+    def recorder(video: Path, csv_path: Path, fps: float, classes: tuple[str, ...]) -> FakeRecorder:
+        made.append(FakeRecorder(video, csv_path, fps))
+        return made[-1]
+
+    worker = PipelineWorker(0, PipelineConfig(), pipeline_factory=fake_pipelines(), recorder_factory=recorder,
+                            source_factory=lambda spec: PacedLive(1 / 30))
+    worker.frame_ready.connect(lambda packet: worker.frame_consumed())
+    worker.start_recording(Path("a.mp4"), Path("a.csv"))
+    worker.start()
+    qtbot.waitUntil(lambda: bool(made), timeout=FRAME_TIMEOUT_MS)
+    with qtbot.waitSignal(worker.finished, timeout=FRAME_TIMEOUT_MS):
+        worker.request_stop()
+    assert 20 <= made[0].fps <= 31, f"recorded at {made[0].fps} fps from a 30 fps source"
+
+
+def test_a_recording_that_cannot_start_says_so_and_whether_another_follows(qtbot) -> None:
+    worker = PipelineWorker("clip.mp4", PipelineConfig(), pipeline_factory=fake_pipelines(), source_factory=synthetic_video(),
+                            recorder_factory=lambda video, csv_path, fps, classes: FakeRecorder(video, csv_path, fps, True))
+    worker.frame_ready.connect(lambda packet: worker.frame_consumed())
+    failures: list[tuple[str, bool]] = []
+    worker.recording_failed.connect(lambda text, follows: failures.append((text, follows)))
+    worker.start()
+    worker.start_recording(Path("a.mp4"), Path("a.csv"))
+    qtbot.waitUntil(lambda: bool(failures), timeout=FRAME_TIMEOUT_MS)
+    with qtbot.waitSignal(worker.finished, timeout=FRAME_TIMEOUT_MS):
+        worker.request_stop()
+    assert failures[0] == ("Could not start recording: disk full", False)
+
+
+def test_record_stopped_and_restarted_while_paused_stays_checked_and_keeps_both_files(qtbot, fake_window) -> None:
+    win = fake_window()
+    win.start()
+    wait_frames(qtbot, win, 2)
+    win.record_action.trigger()
+    qtbot.waitUntil(lambda: win.recording_label.text() != "", timeout=FRAME_TIMEOUT_MS)
+    win.pause_action.trigger()
+    win.record_action.trigger()
+    win.record_action.trigger()
+    assert win.record_action.isChecked()
+    win.pause_action.trigger()
+    qtbot.waitUntil(lambda: win.last_recording is not None and win.recording_label.text() != "", timeout=FRAME_TIMEOUT_MS)
+    first = win.last_recording
+    wait_frames(qtbot, win, 2)
+    assert win.record_action.isChecked() and win.recording_label.text() == "● REC", "the second recording runs"
+    win.record_action.trigger()
+    qtbot.waitUntil(lambda: win.last_recording != first, timeout=FRAME_TIMEOUT_MS)
+    assert not win.record_action.isChecked() and win.recording_label.text() == ""
+    assert first[0].is_file() and win.last_recording[0].is_file() and first[0] != win.last_recording[0]
+
+
+def test_snapshots_go_to_the_folder_typed_and_never_overwrite(qtbot, fake_window, tmp_path: Path) -> None:
+    win = fake_window()
+    win.start()
+    wait_frames(qtbot, win, 1)
+    win.output_edit.setText(str(tmp_path / "typed"))
+    shots = [win.snapshot(), win.snapshot()]
+    assert all(shot is not None and shot.parent == tmp_path / "typed" and shot.is_file() for shot in shots)
+    assert shots[0] != shots[1]
+
+
+def test_a_rebuilt_pipeline_is_closed(qtbot) -> None:
+    made: list[FakePipeline] = []
+    closed: list[FakePipeline] = []
+
+    def pipelines(config: PipelineConfig) -> FakePipeline:
+        made.append(FakePipeline(config, (0.0,)))
+        made[-1].close = lambda pipeline=made[-1]: closed.append(pipeline)  # type: ignore[method-assign]
+        return made[-1]
+
+    worker = PipelineWorker("clip.mp4", PipelineConfig(), pipeline_factory=pipelines, source_factory=synthetic_video())
+    worker.frame_ready.connect(lambda packet: worker.frame_consumed())
+    worker.start()
+    for smoothing in (0.1, 0.2):
+        worker.update_config(PipelineConfig(smoothing_alpha=smoothing))
+        qtbot.waitUntil(lambda smoothing=smoothing: worker.config.smoothing_alpha == smoothing, timeout=FRAME_TIMEOUT_MS)
+    with qtbot.waitSignal(worker.finished, timeout=FRAME_TIMEOUT_MS):
+        worker.request_stop()
+    assert len(made) == 3 and closed == made, "every pipeline is closed, the last one when the worker ends"
+
+
+def test_the_pacer_does_not_race_to_catch_up_after_a_stall(monkeypatch: pytest.MonkeyPatch) -> None:
+    from leaf_fer.gui import worker as worker_module
+
+    clock, slept = [100.0], []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(worker_module.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(worker_module.time, "sleep", sleep)
+    pacer = worker_module.FramePacer(worker_module.threading.Event())
+    pacer.wait(0.0)
+    clock[0] += 2.0
+    pacer.wait(1 / 24)
+    pacer.wait(2 / 24)
+    assert sum(slept) == pytest.approx(1 / 24), "after a 2 s stall the next frames keep their own spacing"
+
+
+def test_restart_plays_the_file_chosen_when_two_share_a_name(qtbot, make_window: Callable[..., MainWindow]) -> None:
+    opened: list[str] = []
+
+    def source(spec: int | str) -> SyntheticVideo:
+        opened.append(str(spec))
+        return SyntheticVideo(str(spec), 100000, 24.0)
+
+    win = make_window(pipeline_factory=fake_pipelines(), source_factory=source)
+    for path in ("/a/clip.mp4", "/b/clip.mp4"):
+        win.open_file(path)
+        wait_frames(qtbot, win, 1)
+        qtbot.waitUntil(lambda path=path: win.source_combo.currentData() == path, timeout=FRAME_TIMEOUT_MS)
+    win.start()
+    wait_frames(qtbot, win, 1)
+    assert opened[-1] == "/b/clip.mp4"
+
+
+class SlowStill(Source):
+    """One still image."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.frame_count = name, 1
+
+    def frames(self) -> Iterator[Frame]:
+        yield Frame(0, 0.0, np.full((120, 160, 3), 90, np.uint8), self.name, still=True)
+
+
+def test_a_setting_changed_while_an_image_is_analysed_is_applied(qtbot, make_window: Callable[..., MainWindow]) -> None:
+    configs: list[PipelineConfig] = []
+
+    def pipelines(config: PipelineConfig) -> FakePipeline:
+        configs.append(config)
+        return FakePipeline(config, (0.5,))
+
+    win = make_window(pipeline_factory=pipelines, source_factory=SlowStill)
+    win.open_file("photo.jpg")
+    qtbot.waitUntil(lambda: bool(configs), timeout=FRAME_TIMEOUT_MS)
+    win.settings_form.set_value("min_detection_confidence", 0.3)
+    win.apply_settings_now()
+    qtbot.waitUntil(lambda: len(configs) >= 2 and win.worker is None, timeout=FRAME_TIMEOUT_MS)
+    assert configs[-1].min_detection_confidence == 0.3
