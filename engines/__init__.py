@@ -18,7 +18,6 @@ _LAZY = {
     "EngineMismatchError": ".artifacts",
     "Sidecar": ".artifacts",
     "TrtEnvironment": ".artifacts",
-    "default_cache_dir": ".artifacts",
     "read_sidecar": ".artifacts",
     "create_predictor": ".factory",
     "Predictor": ".predictor",

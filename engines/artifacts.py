@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from leaf_fer.common import LeafFerError, atomic_write_bytes, file_sha256, one_line
+from leaf_fer.common import cache_root as default_cache_root
 from leaf_fer.train.model_spec import ModelConfig
 
 FORMAT = "leaf-fer-engine/1"
@@ -142,17 +143,9 @@ def sidecar_path(artifact: str | os.PathLike[str]) -> Path:
     return artifact.with_name(artifact.name + ".json")
 
 
-def default_cache_dir() -> Path:
-    """``$LEAF_FER_CACHE_DIR``, else ``$XDG_CACHE_HOME/leaf-fer``, else ``~/.cache/leaf-fer``."""
-    if os.environ.get("LEAF_FER_CACHE_DIR"):
-        return Path(os.environ["LEAF_FER_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "leaf-fer"
-
-
 def model_cache_dir(cache_root: str | os.PathLike[str] | None, model_hash: str) -> Path:
     """Where the artifacts compiled from one model live."""
-    root = Path(cache_root) if cache_root is not None else default_cache_dir()
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
     return root / "engines" / model_hash
 
 

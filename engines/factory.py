@@ -46,6 +46,8 @@ def tensorrt_unavailable_reason() -> str | None:
     """Why TensorRT cannot be used (None when it can); never imports tensorrt (or torch) where it is absent."""
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed (pip install 'leaf-fer[tensorrt]')"
+    if importlib.util.find_spec("torch") is None:
+        return "TensorRT is installed but torch, which holds its GPU buffers, is not (pip install 'leaf-fer[tensorrt]')"
     from .tensorrt_backend import tensorrt_unavailable_reason as probe
 
     return probe()
@@ -63,8 +65,9 @@ def create_predictor(
 ) -> Predictor:
     """A :class:`Predictor` for ``backend``; its ``backend_name`` says which ran and ``backend_reason`` why.
 
-    ``artifact`` is a compiled .onnx (onnxruntime) or .engine (tensorrt); without it the backend compiles from the
-    weights into the cache once and reuses the result. ``precision``: ``auto`` (each backend's own: FP16 engines on
+    ``artifact`` is a compiled .onnx (onnxruntime) or .engine (tensorrt), which ``auto`` runs on its own backend
+    and a precision other than ``auto`` must match; without it the backend compiles from the weights into the cache
+    once and reuses the result. ``precision``: ``auto`` (each backend's own: FP16 engines on
     TensorRT, INT8 on ONNX Runtime on the CPU, FP32 on ONNX Runtime with CUDA and on torch) or one of
     :data:`SUPPORTED`'s; ``auto`` as backend then picks the first backend that runs it (``int8`` and ``fp32``: ONNX
     Runtime).
@@ -73,6 +76,8 @@ def create_predictor(
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if artifact is not None:
+        backend = _artifact_backend(artifact, backend, precision)
     if backend != "auto" and precision != "auto" and precision not in SUPPORTED[backend]:
         raise BackendUnavailableError(
             f"the {backend} backend runs {' or '.join(SUPPORTED[backend])}, not {precision}; "
@@ -93,8 +98,7 @@ def create_predictor(
     skipped.append(f"TensorRT skipped: {reason or f'it builds FP16 engines, {precision} asked'}")
     reason = onnxruntime_unavailable_reason()
     if reason is None:
-        onnx_artifact = artifact if artifact is not None and str(artifact).endswith(".onnx") else None
-        return _onnxruntime(weights, cache_dir, onnx_artifact, precision, threads, "auto; " + "; ".join(skipped))
+        return _onnxruntime(weights, cache_dir, None, precision, threads, "auto; " + "; ".join(skipped))
     skipped.append(f"ONNX Runtime skipped: {reason}")
     if precision not in ("auto", "fp32"):
         raise BackendUnavailableError(f"no backend runs {precision} here: " + "; ".join(skipped))
@@ -102,6 +106,20 @@ def create_predictor(
     if reason is not None:
         raise BackendUnavailableError("no backend runs here: " + "; ".join([*skipped, f"torch skipped: {reason}"]))
     return _torch(weights, threads, "auto; " + "; ".join(skipped))
+
+
+def _artifact_backend(artifact: PathArg, backend: str, precision: str) -> str:
+    """The backend that runs ``artifact`` (``auto``: the artifact's own); a precision other than ``auto`` must be
+    the artifact's."""
+    from .artifacts import ONNX_TARGETS, load_artifact
+
+    sidecar = load_artifact(artifact)
+    own = "onnxruntime" if sidecar.target in ONNX_TARGETS.values() else "tensorrt"
+    if backend not in ("auto", own):
+        raise ConfigError(f"{artifact}: {sidecar.target} artifacts run on {own}, not on {backend}")
+    if precision not in ("auto", sidecar.precision):
+        raise ConfigError(f"{artifact}: its precision is {sidecar.precision}, not {precision}; leave the precision on auto")
+    return own
 
 
 def check_backend(backend: str) -> None:

@@ -15,7 +15,15 @@ from pathlib import Path
 from leaf_fer.common import ConfigError
 from leaf_fer.train.weights import WeightsMetadata, default_weights_path, model_hash, read_metadata
 
-from .artifacts import ONNX_TARGETS, EngineError, artifact_filename, check_compatible, load_artifact, model_cache_dir
+from .artifacts import (
+    ONNX_TARGETS,
+    EngineError,
+    artifact_filename,
+    check_compatible,
+    load_artifact,
+    model_cache_dir,
+    read_sidecar,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +36,7 @@ def shipped_onnx(weights: str | os.PathLike[str] | None, precision: str = "fp32"
 
 def _shipped(weights_path: Path, weights_hash: str, metadata: WeightsMetadata, target: str) -> Path | None:
     path = weights_path.parent / artifact_filename(weights_hash, target, model=metadata.model.to_dict())
-    return path if _problem(path, target, weights_hash, quiet=True) is None else None
+    return path if _problem(path, target, weights_hash) is None else None
 
 
 def ensure_onnx(
@@ -40,8 +48,9 @@ def ensure_onnx(
 ) -> Path:
     """The ONNX of ``precision`` (fp32, fp16 or int8) for these weights and their metadata: the shipped copy beside
     the weights when one matches, else the cache's, compiled on first use or when the copy there is stale or corrupt
-    (an INT8 model is calibrated on the sample video's faces unless one compiled with ``leaf-fer compile --target
-    onnx-int8 --calibration`` is there).
+    (an INT8 model calibrated on the sample video's faces, as the shipped one is). An INT8 model in the cache that
+    was calibrated on other faces (``leaf-fer compile --target onnx-int8 --calibration``) comes before the shipped
+    one.
 
     With ``output_dir`` the artifact lives there (no shipped copy is used); otherwise in the per-model folder of the
     cache (``cache_dir`` or the default); when that folder cannot be written, it is compiled into a new temporary
@@ -53,15 +62,16 @@ def ensure_onnx(
     weights_hash = model_hash(weights_path)
     metadata = read_metadata(weights_path)
     target = ONNX_TARGETS[precision]
-    if output_dir is None:
-        shipped = _shipped(weights_path, weights_hash, metadata, target)
-        if shipped is not None:
-            return shipped
     directory = Path(output_dir) if output_dir is not None else model_cache_dir(cache_dir, weights_hash)
     wanted = directory / artifact_filename(weights_hash, target, model=metadata.model.to_dict())
     reason = _problem(wanted, target, weights_hash)
-    if reason is None:
+    shipped = None if output_dir is not None else _shipped(weights_path, weights_hash, metadata, target)
+    if reason is None and (shipped is None or _calibration(wanted) != _calibration(shipped)):
         return wanted
+    if shipped is not None:
+        return shipped
+    if wanted.is_file():
+        log.warning("recompiling: %s", reason)
     unwritable = None if output_dir is not None else _unwritable(directory)
     if unwritable is not None:
         fallback = Path(tempfile.mkdtemp(prefix="leaf-fer-engines-"))
@@ -99,7 +109,14 @@ def _unwritable(directory: Path) -> str | None:
     return None
 
 
-def _problem(path: Path, target: str, weights_hash: str, *, quiet: bool = False) -> str | None:
+def _calibration(path: Path) -> str | None:
+    """Which faces an INT8 artifact was calibrated on: ``sample video faces`` or the user's file name (None for the
+    other precisions)."""
+    described = read_sidecar(path).created_with.get("calibration")
+    return None if described is None else described.split(",")[0]
+
+
+def _problem(path: Path, target: str, weights_hash: str) -> str | None:
     """Why the artifact at ``path`` cannot be used, or None when it can."""
     if not path.is_file():
         return "not compiled yet"
@@ -107,7 +124,5 @@ def _problem(path: Path, target: str, weights_hash: str, *, quiet: bool = False)
         sidecar = load_artifact(path, target=target)
         check_compatible(sidecar, path, model_hash=weights_hash)
     except EngineError as exc:
-        if not quiet:
-            log.warning("recompiling: %s", exc)
         return str(exc)
     return None

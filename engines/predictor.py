@@ -28,6 +28,8 @@ class Predictor(ABC):
             faces = faces[None]
         if faces.ndim != 3 or faces.shape[1:] != (self.input_size, self.input_size):
             raise ValueError(f"expected faces of shape [N, {self.input_size}, {self.input_size}], got {faces.shape}")
+        if faces.dtype != np.uint8:
+            raise ValueError(f"expected uint8 faces (0-255), got {faces.dtype}")
         if len(faces) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         pixels = faces.astype(np.float32)[:, None]

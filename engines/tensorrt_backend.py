@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from leaf_fer.common import ConfigError, atomic_write_bytes, one_line
+from leaf_fer.common import ConfigError, atomic_write_bytes, cache_root, one_line
 from leaf_fer.train.weights import WeightsMetadata, default_weights_path, model_hash, read_metadata
 
 from .artifacts import (
@@ -37,7 +37,6 @@ from .artifacts import (
     TrtEnvironment,
     artifact_filename,
     check_compatible,
-    default_cache_dir,
     load_artifact,
     model_cache_dir,
     write_artifact,
@@ -187,7 +186,7 @@ def _attach_timing_cache(config: Any, path: Path) -> None:
 
 def timing_cache_path(cache_dir: str | os.PathLike[str] | None, env: TrtEnvironment) -> Path:
     """One timing cache per TensorRT version and GPU, shared by every model."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
     slug = re.sub(r"[^a-z0-9.]+", "-", f"trt{env.version}-{env.gpu_name}-sm{env.compute_capability}".lower()).strip("-")
     return root / "tensorrt" / f"timing-{slug}.cache"
 

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from leaf_fer.common import ConfigError
+from leaf_fer.common import IMAGE_EXTENSIONS, ConfigError
 from leaf_fer.realtime.annotate import TrackSummary, summarize_track
 from leaf_fer.realtime.pipeline import Pipeline, PipelineConfig
-from leaf_fer.realtime.sources import VideoFileSource, read_image
+from leaf_fer.realtime.sources import VideoFileSource, is_url, read_image, redact_url, to_bgr
 from leaf_fer.realtime.types import Frame, FrameResult
 from leaf_fer.realtime.writers import atomic_write_bytes, csv_columns
 
@@ -167,7 +167,28 @@ def pipeline_config(**options: Any) -> PipelineConfig:
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}; the options are PipelineConfig fields: "
                          f"{', '.join(names)}")
-    return PipelineConfig(**{"draw": False, **options})
+    plain = {name: value.item() if isinstance(value, np.generic) else value for name, value in options.items()}
+    return PipelineConfig(**{"draw": False, **plain})
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _image_pixels(image: Any) -> tuple[str, np.ndarray]:
+    """A name and BGR uint8 pixels for :meth:`Analyzer.analyze_image`'s input."""
+    if hasattr(image, "convert") and hasattr(image, "mode"):
+        return "<PIL image>", np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ConfigError(f"expected a uint8 image (0-255), got {image.dtype}")
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)) or not image.size:
+            raise ConfigError(f"expected an image [H, W], [H, W, 3] or [H, W, 4], got shape {image.shape}")
+        return "<array>", to_bgr(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+    text = os.fspath(image)
+    if is_url(text):
+        raise ConfigError(f"{redact_url(text)}: analyze_image reads image files; download the image first")
+    return text, read_image(Path(text))
 
 
 def _frame_analysis(result: FrameResult, keep_image: bool = True) -> FrameAnalysis:
@@ -227,10 +248,12 @@ class Analyzer:
         """Analyse a video file frame by frame (no image is kept), with fresh track ids. ``every``: analyse frames
         0, N, 2N, … only (tracking and smoothing then step over N frames at a time); ``max_frames``: stop after
         analysing this many; ``progress``: a tqdm bar."""
-        if every < 1:
-            raise ConfigError(f"every must be >= 1; got {every}")
-        if max_frames is not None and max_frames < 1:
-            raise ConfigError(f"max_frames must be >= 1 (None = all); got {max_frames}")
+        if not _is_count(every) or every < 1:
+            raise ConfigError(f"every must be a whole number >= 1; got {every!r}")
+        if max_frames is not None and (not _is_count(max_frames) or max_frames < 1):
+            raise ConfigError(f"max_frames must be a whole number >= 1 (None = all); got {max_frames!r}")
+        if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
+            return self.analyze_image(path)
         source = VideoFileSource(path)
         total = -(-source.frame_count // every) if source.frame_count else None
         if max_frames is not None:
@@ -243,17 +266,15 @@ class Analyzer:
                     continue
                 frames.append(_frame_analysis(self.pipeline.process(frame), keep_image=False))
                 bar.update(1)
-                if len(frames) == max_frames:
+                if max_frames is not None and len(frames) >= max_frames:
                     break
         self.reset()
         return self._analysis(source.name, source.fps, source.width, source.height, frames)
 
-    def analyze_image(self, image: str | os.PathLike[str] | np.ndarray) -> Analysis:
-        """Analyse one still image, a file or a BGR uint8 array (independent of earlier frames, no smoothing)."""
-        if isinstance(image, np.ndarray):
-            name, pixels = "<array>", image
-        else:
-            name, pixels = os.fspath(image), read_image(Path(image))
+    def analyze_image(self, image: str | os.PathLike[str] | np.ndarray | Any) -> Analysis:
+        """Analyse one still image (independent of earlier frames, no smoothing): a file, a uint8 array (BGR, BGRA or
+        gray, as OpenCV gives them) or a PIL image."""
+        name, pixels = _image_pixels(image)
         result = self.pipeline.process(Frame(0, 0.0, pixels, name, still=True))
         self.reset()
         return self._analysis(name, 0.0, pixels.shape[1], pixels.shape[0], [_frame_analysis(result)])
@@ -281,7 +302,7 @@ def analyze_video(
         return analyzer.analyze_video(path, every=every, max_frames=max_frames, progress=progress)
 
 
-def analyze_image(image: str | os.PathLike[str] | np.ndarray, **options: Any) -> Analysis:
-    """Analyse one image file or BGR uint8 array → :class:`Analysis` (``options``: PipelineConfig fields)."""
+def analyze_image(image: str | os.PathLike[str] | np.ndarray | Any, **options: Any) -> Analysis:
+    """Analyse one image → :class:`Analysis`; see :meth:`Analyzer.analyze_image` (``options``: PipelineConfig)."""
     with Analyzer(**options) as analyzer:
         return analyzer.analyze_image(image)

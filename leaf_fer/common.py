@@ -20,6 +20,15 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp",
 """File suffixes read as images (OpenCV decodes them all), everywhere: sources, annotate, training data, the GUI."""
 
 
+def cache_root() -> Path:
+    """Where leaf-fer caches compiled engines (``engines/``) and face crops (``faces/``): ``$LEAF_FER_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/leaf-fer``, else ``~/.cache/leaf-fer``."""
+    if os.environ.get("LEAF_FER_CACHE_DIR"):
+        return Path(os.environ["LEAF_FER_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "leaf-fer"
+
+
 def decode_image_file(path: str | os.PathLike[str], grayscale: bool = False) -> Any:
     """An image file as a BGR (or grayscale) uint8 array, EXIF orientation applied; None when the file is missing
     or no image. Unlike ``cv2.imread`` it reads any path, non-ASCII ones on Windows included."""

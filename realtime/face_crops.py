@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from leaf_fer.common import atomic_write_npz, decode_image_file, file_sha256
+from leaf_fer.common import atomic_write_npz, cache_root, decode_image_file, file_sha256
 
 from . import align, detector
 from .detector import CascadeDetector
@@ -53,10 +52,6 @@ class FaceCrops:
 
     crops: np.ndarray
     found: np.ndarray
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("LEAF_FER_CACHE", Path.home() / ".cache" / "leaf-fer")) / "faces"
 
 
 Box = tuple[float, float, float, float]
@@ -119,7 +114,7 @@ def crop_files(files: Sequence[str | Path], settings: CropSettings = CropSetting
     digest = hashlib.sha256(settings.key().encode())
     for file, box in zip(files, boxes):
         digest.update(file_sha256(file).encode() + json.dumps(box).encode())
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir is not None else cache_root() / "faces"
     cached = cache / f"{digest.hexdigest()[:24]}.npz"
     if cached.is_file():
         with np.load(cached, allow_pickle=False) as npz:

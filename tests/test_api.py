@@ -122,6 +122,9 @@ def test_json(sample: leaf_fer.Analysis, tmp_path: Path) -> None:
     assert data["tracks"] == [dataclasses.asdict(track) for track in sample.tracks]
     assert sample.to_json(tmp_path / "a.json") is None
     assert json.loads((tmp_path / "a.json").read_text()) == data
+    numpy_options = leaf_fer.analyze_video(sample_video(), max_frames=2, smoothing_alpha=np.float32(0.5),
+                                           max_faces=np.int64(3))
+    assert json.loads(numpy_options.to_json())["config"]["max_faces"] == 3, "NumPy option values are stored as numbers"
 
 
 def test_tracks_summarise_each_face_followed_over_frames(sample: leaf_fer.Analysis) -> None:
@@ -151,6 +154,13 @@ def test_multi_face_image_path_and_array(analyzer: leaf_fer.Analyzer) -> None:
     assert all(face.smoothed == face.probabilities for face in faces), "an image is not smoothed"
     from_array = analyzer.analyze_image(cv2.imread(str(path)))
     assert from_array.source == "<array>" and from_array.frames == analysis.frames
+    bgra = analyzer.analyze_image(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2BGRA))
+    assert bgra.frames == analysis.frames, "a fourth (alpha) channel is dropped"
+    gray = analyzer.analyze_image(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE))
+    assert len(gray.faces) == 5
+    image = pytest.importorskip("PIL.Image", reason="Pillow is not installed (optional)")
+    assert analyzer.analyze_image(image.open(path)).frames == analysis.frames, "a PIL image is RGB, made BGR"
+    assert analyzer.analyze_video(path).faces == analysis.faces, "an image given as a video is analysed as an image"
 
 
 def test_own_frame_loop_and_close() -> None:
@@ -183,10 +193,16 @@ def test_no_face_and_bad_arguments(analyzer: leaf_fer.Analyzer) -> None:
     empty = analyzer.analyze_image(np.zeros((240, 320, 3), np.uint8))
     assert empty.faces == [] and len(empty.frames) == 1
     assert empty.to_csv().splitlines() == [",".join(csv_columns(empty.classes))]
-    with pytest.raises(ValueError, match="every must be >= 1"):
-        analyzer.analyze_video(sample_video(), every=0)
-    with pytest.raises(ValueError, match="max_frames must be >= 1"):
-        analyzer.analyze_video(sample_video(), max_frames=0)
+    for every in (0, 2.5, True):
+        with pytest.raises(ValueError, match="every must be a whole number >= 1"):
+            analyzer.analyze_video(sample_video(), every=every)
+    for max_frames in (0, 1.5):
+        with pytest.raises(ValueError, match="max_frames must be a whole number >= 1"):
+            analyzer.analyze_video(sample_video(), max_frames=max_frames)
+    for bad, message in ((np.zeros((64, 64, 3), np.float32), "uint8"), (np.zeros((0, 0, 3), np.uint8), "shape"),
+                         ("https://example.com/face.jpg", "download the image first")):
+        with pytest.raises(ValueError, match=message):
+            analyzer.analyze_image(bad)
     with pytest.raises(RuntimeError, match="no such file"):
         analyzer.analyze_video("missing.mp4")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from _engines_data import accuracy, load_public_test, predict_all
 from onnx import TensorProto
 
 from leaf_fer.cli import main as cli_main
+from leaf_fer.common import ConfigError
 from leaf_fer.engines import (
     BackendUnavailableError,
     EngineError,
@@ -165,7 +167,8 @@ def test_the_shipped_model_has_its_onnx_beside_it_and_it_matches_a_fresh_compile
 ) -> None:
     shipped = shipped_onnx(None, precision)
     assert shipped is not None, f"no {precision} ONNX beside the shipped weights: leaf-fer compile --target ... --output"
-    assert shipped.parent == default_weights_path().parent and ensure_onnx(None, precision=precision) == shipped
+    assert shipped.parent == default_weights_path().parent
+    assert ensure_onnx(None, precision=precision, cache_dir=tmp_path / "empty") == shipped
     assert read_sidecar(shipped).model_hash == model_hash(default_weights_path())
     probs = predict_all(OrtPredictor(shipped, weights=default_weights_path(), threads=1), public_test[0][:500])
     assert (probs.argmax(1) == ort_fp32_probs[:500].argmax(1)).mean() >= (0.99 if precision != "int8" else 0.97)
@@ -422,6 +425,21 @@ def test_precision_picks_a_backend_that_runs_it(
             create_predictor(backend=backend, precision=precision, cache_dir=cache_dir)
     with pytest.raises(ValueError, match="unknown precision"):
         create_predictor(precision="bf16")
+    int8 = shipped_onnx(None, "int8")
+    assert create_predictor(artifact=int8).model_path == int8, "auto runs an ONNX artifact on ONNX Runtime"
+    with pytest.raises(ConfigError, match="its precision is int8, not fp32"):
+        create_predictor(artifact=int8, precision="fp32")
+    with pytest.raises(ConfigError, match="onnx-int8 artifacts run on onnxruntime, not on torch"):
+        create_predictor(artifact=int8, backend="torch")
+
+
+def test_tensorrt_without_torch_is_a_reason_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    find_spec = importlib.util.find_spec
+    installed = {"tensorrt": True, "torch": False}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: (object() if installed[name] else None) if name in installed
+                        else find_spec(name, *args))
+    assert "torch, which holds its GPU buffers, is not" in factory.tensorrt_unavailable_reason()
 
 
 def test_auto_precision_on_onnxruntime_is_int8_on_the_cpu_and_fp32_with_cuda(
@@ -459,6 +477,10 @@ def test_cli_compiles_int8_on_a_given_calibration_set(
     error = capsys.readouterr().err.strip()
     assert error.startswith("leaf-fer compile: error:") and "bad.npz" in error and "\n" not in error
     assert not (tmp_path / "o2").exists(), "refused before anything is compiled"
+    assert cli_main(["compile", "--target", "onnx-int8", "--calibration", str(faces), "--cache-dir", str(tmp_path / "c")]) == 0
+    chosen = create_predictor(precision="int8", cache_dir=tmp_path / "c")
+    assert chosen.model_path.is_relative_to(tmp_path / "c"), "the INT8 model calibrated on the user's faces runs"
+    assert "faces.npz" in read_sidecar(chosen.model_path).created_with["calibration"]
 
 
 def test_summarize_reports_median_and_p95_per_face() -> None:

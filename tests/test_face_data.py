@@ -39,7 +39,7 @@ def face_frame() -> np.ndarray:
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "cache"
-    monkeypatch.setenv("LEAF_FER_CACHE", str(folder))
+    monkeypatch.setenv("LEAF_FER_CACHE_DIR", str(folder))
     return folder
 
 
