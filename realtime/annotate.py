@@ -141,8 +141,9 @@ class AnnotateOutcome:
 
 
 def collect_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path | str]:
-    """Expand folders into their video and image files (name order, not recursive); keep other paths as given so a
-    missing or odd file is reported rather than silently dropped, and URLs as text with their credentials redacted."""
+    """Expand folders into their video and image files (name order, not recursive, hidden files such as macOS's
+    ``._clip.mp4`` left out); keep other paths as given so a missing or odd file is reported rather than silently
+    dropped, and URLs as text with their credentials redacted. An input named twice is done once."""
     media = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
     files: list[Path | str] = []
     for item in inputs:
@@ -151,22 +152,38 @@ def collect_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path | str]
             continue
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in media)
+            files += sorted(p for p in path.iterdir()
+                            if p.is_file() and p.suffix.lower() in media and not p.name.startswith("."))
         else:
             files.append(path)
-    return files
+    seen: set[str] = set()
+    unique: list[Path | str] = []
+    for file in files:
+        key = str(file.resolve()) if isinstance(file, Path) else file
+        if key not in seen:
+            seen.add(key)
+            unique.append(file)
+    return unique
+
+
+MAX_STEM_BYTES = 120
+"""Longest output stem (UTF-8 bytes): with a 65-character hash suffix and the longest file suffix the names stay
+under the 255 bytes most file systems allow."""
 
 
 def safe_stem(path: Path) -> str:
-    """The file's stem as an output folder name: no leading dots, so ``...mp4`` (stem ``..``) becomes ``input``."""
-    return path.stem.lstrip(".") or "input"
+    """The file's stem as an output folder name: no leading dots, so ``...mp4`` (stem ``..``) becomes ``input``; cut
+    to :data:`MAX_STEM_BYTES`."""
+    stem = path.stem.lstrip(".") or "input"
+    return stem.encode()[:MAX_STEM_BYTES].decode(errors="ignore")
 
 
 def _owner(folder: Path) -> str | None:
-    """The resolved input whose result ``folder`` holds: None when free, "" when it holds something else."""
-    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
-        return None
+    """The resolved input whose result ``folder`` holds: None when free, "" when it holds something else (or
+    cannot be looked at)."""
     try:
+        if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+            return None
         return str(Path(json.loads((folder / f"{folder.name}.json").read_text())["input"]).resolve())
     except (OSError, ValueError, KeyError, TypeError):
         return ""
@@ -302,7 +319,7 @@ def _swap(a: Path, b: Path) -> None:
     renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
     if renameat2 is not None and not renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE):
         return
-    aside = a.with_suffix(".old")
+    aside = b.parent / WORK_DIR / f"{b.name}.{uuid.uuid4().hex[:8]}.old"
     os.rename(b, aside)
     os.rename(a, b)
     os.rename(aside, a)

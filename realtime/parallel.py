@@ -370,21 +370,28 @@ class Scheduler:
                     self._fail(inp, annotate.failure(inp.path, exc))
                     continue
                 self._start(inp)
+                self._collect(block=False)
             while self._pending:
-                done, _ = wait(list(self._pending), return_when=FIRST_COMPLETED)
-                for future in done:
-                    inp, unit = self._pending.pop(future)
-                    try:
-                        result = future.result()
-                    except Exception as exc:  # the worker died: retried, or the input fails with the reason
-                        result = self._crashed(inp, unit, exc)
-                    if result is not None:
-                        self._settle(unit)
-                        self._handle(inp, unit, result)
+                self._collect(block=True)
         finally:
             self.executor.close()
             self.bar.close()
         return [self.outcomes[order] for order in range(len(files))]
+
+    def _collect(self, block: bool) -> None:
+        """Handle the units that have finished (``block``: wait for one first), each result published as soon as its
+        input is whole, so that a run stopped later keeps it; in this process's serial mode every unit has finished
+        by the time it was started."""
+        done, _ = wait(list(self._pending), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for future in done:
+            inp, unit = self._pending.pop(future)
+            try:
+                result = future.result()
+            except Exception as exc:  # the worker died: retried, or the input fails with the reason
+                result = self._crashed(inp, unit, exc)
+            if result is not None:
+                self._settle(unit)
+                self._handle(inp, unit, result)
 
     def _triage(self, order: int, item: Path | str, names: dict[Path, tuple[str, str]]) -> _Input | None:
         """URLs fail, finished inputs are skipped, unreadable videos fail at once; the rest is work."""

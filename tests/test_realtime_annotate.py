@@ -240,7 +240,7 @@ def test_an_input_named_dot_dot_stays_inside_the_output_folder(tmp_path: Path, p
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     shutil.copy(media_file("single_face.mp4"), inputs / "...mp4")
-    (outcome,) = annotate_inputs([inputs], out, pipeline=pipeline, progress=False)
+    (outcome,) = annotate_inputs([inputs / "...mp4"], out, pipeline=pipeline, progress=False)
     assert outcome.status == "done", outcome.message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"], "nothing written beside the output folder"
     assert sorted(p.name for p in inputs.iterdir()) == ["...mp4"]
@@ -278,3 +278,70 @@ def test_saved_faces_stream_to_disk_with_flat_memory(tmp_path: Path) -> None:
         assert saved["frame"].tolist() == [i for i in range(1000) for _ in range(3)]
         assert saved["track_id"].tolist() == [1, 2, 3] * 1000
         assert saved["images"][-1, 0, 0] == 999 % 256 and (saved["images"][-1, 1:] == crops[2, 1:]).all()
+
+
+def test_hidden_repeated_and_long_named_inputs(tmp_path: Path, pipeline: Pipeline) -> None:
+    """A folder's hidden files (macOS's ``._clip.mp4``) are left out, an input named twice is done once, and a name
+    too long to carry the output suffixes is cut rather than failing the batch."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    shutil.copy(media_file("single_face.jpg"), inputs / "face.jpg")
+    (inputs / "._face.jpg").write_bytes(b"AppleDouble")
+    long_name = inputs / ("表情" * 38 + "x.jpg")
+    shutil.copy(media_file("single_face.jpg"), long_name)
+    outcomes = annotate_inputs([inputs, inputs / "face.jpg", long_name], out, pipeline=pipeline, progress=False)
+    assert [(o.input.name, o.status) for o in outcomes] == [("face.jpg", "done"), (long_name.name, "done")]
+    folder = outcomes[1].outputs.folder
+    assert len(folder.name.encode()) <= 120 and (folder / f"{folder.name}.annotated.png").is_file()
+
+
+def test_one_worker_publishes_each_input_before_starting_the_next(tmp_path: Path, pipeline: Pipeline,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """So that a run stopped halfway keeps what it finished."""
+    from leaf_fer.realtime import annotate
+
+    out, seen = tmp_path / "out", []
+    staged = annotate.annotate_staged
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else [])
+        return staged(*args, **kwargs)
+
+    monkeypatch.setattr(annotate, "annotate_staged", spy)
+    annotate_inputs([media_file("single_face.jpg"), media_file("multi_face.jpg")], out, pipeline=pipeline,
+                    progress=False, workers=1)
+    assert seen == [[], ["single_face"]]
+
+
+def test_a_replace_cut_short_keeps_the_previous_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where folders cannot be exchanged in one step, the previous result waits beside the staging folders, where
+    the next run puts it back."""
+    import os
+    import sys
+
+    from leaf_fer.realtime import annotate
+
+    out = tmp_path / "out"
+    previous = out / "clip"
+    previous.mkdir(parents=True)
+    (previous / "clip.json").write_text("previous")
+    attempt = out / annotate.WORK_DIR / "clip.0123abcd.new" / "whole-0123abcd"
+    attempt.mkdir(parents=True)
+    (attempt / "clip.json").write_text("new")
+    rename, calls = os.rename, []
+
+    def cut_short(a: object, b: object) -> None:
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(b)
+        rename(a, b)
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(os, "rename", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        annotate._publish(attempt, previous)
+    monkeypatch.undo()
+    assert not previous.exists() and Path(calls[0]).parent == out / annotate.WORK_DIR
+    annotate._recover(out / annotate.WORK_DIR)
+    assert (previous / "clip.json").read_text() == "previous"
+
