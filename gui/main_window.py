@@ -541,8 +541,11 @@ class MainWindow(QMainWindow):
         self.last_recording = (Path(video), Path(csv))
         if self.sender() is self.worker:
             self._recording_ended(follows)
-        if not (self.banner.kind == "error" and self.banner.isVisible()):
-            self.show_info(f"Recording saved: {video} and {Path(csv).name}")
+        saved = f"Recording saved: {video} and {Path(csv).name}"
+        if self.banner.kind == "error" and self.banner.isVisible():
+            self._status(saved, 15000)
+        else:
+            self.show_info(saved)
 
     def _on_recording_failed(self, text: str, follows: bool) -> None:
         if self.sender() is self.worker:

@@ -80,15 +80,19 @@ class Pipeline:
         self.predictor = predictor if predictor is not None else create_predictor(self.config)
         size = self.predictor.input_size
         self._crops = np.zeros((self.config.max_faces, size, size), dtype=np.uint8)
+        detector: CascadeDetector | None = None
         try:
             self.predictor.predict(self._crops[:1])
-            self.detector = CascadeDetector(self.config.detector_range, self.config.min_detection_confidence,
-                                            max_faces=self.config.max_faces, fallback=self.config.fallback_detector)
-            self.detector.warmup()
+            detector = CascadeDetector(self.config.detector_range, self.config.min_detection_confidence,
+                                       max_faces=self.config.max_faces, fallback=self.config.fallback_detector)
+            detector.warmup()
         except BaseException:
+            if detector is not None:
+                detector.close()
             if self._owns_predictor:
                 self.predictor.close()
             raise
+        self.detector = detector
         self.tracker = Tracker(max_lost=self.config.max_lost)
         self.smoother = ProbabilitySmoother(self.config.smoothing_alpha)
         self.overlay = Overlay(self.config, self.predictor.backend_name)
