@@ -207,11 +207,16 @@ def test_float_images_are_scaled_or_refused_never_cast_blindly(tmp_path: Path, c
             load_npz(tmp_path / "bad.npz")
 
 
-def test_extra_data_weight_after_the_last_at_sign() -> None:
+def test_extra_data_weight_after_the_last_at_sign(tmp_path: Path) -> None:
     assert split_extra("sets/tcce.csv@6.4") == ("sets/tcce.csv", 6.4)
     assert split_extra("sets/tcce.csv") == ("sets/tcce.csv", 1.0)
-    assert split_extra("/data@2024/x.csv") == ("/data@2024/x.csv", 1.0), "an @ without a number is the path's"
-    assert split_extra("/data@2024/x.csv@0.1") == ("/data@2024/x.csv", 0.1)
+    (tmp_path / "data@2024").mkdir()
+    (tmp_path / "data@2024" / "x.csv").write_text("file,label\n")
+    named = str(tmp_path / "data@2024" / "x.csv")
+    assert split_extra(named) == (named, 1.0), "the @ of an existing path is the path's"
+    assert split_extra(f"{named}@0.1") == (named, 0.1)
+    with pytest.raises(ConfigError, match="expected PATH or PATH@WEIGHT with a number"):
+        split_extra("x.csv@many")
     for bad in ("x.csv@0", "x.csv@-1", "x.csv@nan", "x.csv@inf"):
         with pytest.raises(ConfigError, match="must be a number > 0"):
             split_extra(bad)

@@ -141,15 +141,17 @@ class TrainConfig:
 
 def split_extra(spec: str) -> tuple[str, float]:
     """``PATH`` or ``PATH@WEIGHT`` → (path, weight): each face of that set is drawn ``WEIGHT`` times per epoch on
-    average (the main data's faces once), so a small set counts for more and a one-class set for less. An ``@``
-    followed by no number is part of the path."""
+    average (the main data's faces once), so a small set counts for more and a one-class set for less. An ``@`` that
+    belongs to an existing path is the path's."""
     path, _, weight = spec.rpartition("@")
+    if not path:
+        return spec, 1.0
     try:
         value = float(weight)
     except ValueError:
-        return spec, 1.0
-    if not path:
-        return spec, 1.0
+        if Path(spec).exists():
+            return spec, 1.0
+        raise ConfigError(f"{spec!r}: expected PATH or PATH@WEIGHT with a number") from None
     if not 0 < value < float("inf"):
         raise ConfigError(f"{spec!r}: the weight must be a number > 0")
     return path, value
