@@ -5,9 +5,10 @@ render (:mod:`.segments`). The parent process holds the output folder's lock, na
 staging folder per input; every attempt at a unit writes into a new folder of its own inside it and returns what it
 made; the parent publishes an input in one step once all its units are done and checked, so nothing is ever
 published half-written. Workers load the model once (one inference thread each) and report their frames to one
-aggregated progress bar. A unit's failure fails its input only (a bad input is one line in the outcomes); a worker
-process that dies is replaced and its units retried, :data:`MAX_ATTEMPTS` times in all (on Ray, by Ray:
-``max_retries``). On Ray every node must see the inputs and the output folder under the same paths, and progress
+aggregated progress bar. A unit's failure fails its input only (a bad input is one line in the outcomes). The
+executor holds at most one unit per slot, so a worker process that dies takes down only the units in flight: the
+pool is replaced and each of them is run again alone at the end, where a second death is its own; a unit that dies
+alone :data:`MAX_ATTEMPTS` times fails (on Ray, Ray retries: ``max_retries``). On Ray every node must see the inputs and the output folder under the same paths, and progress
 advances as units finish.
 """
 
@@ -24,6 +25,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -344,6 +346,9 @@ class Scheduler:
         self._reported: dict[str, int] = {}
         self._attempts: dict[str, int] = {}
         self._pending: dict[Future, tuple[_Input, Unit]] = {}
+        self._waiting: deque[tuple[_Input, Unit]] = deque()
+        self._suspects: deque[tuple[_Input, Unit]] = deque()
+        self._solo: Unit | None = None
         self.outcomes: dict[int, AnnotateOutcome] = {}
         if ray_address is not None:
             self.executor: _Serial | _Processes | _Ray = _Ray(ray_address, workers)
@@ -385,13 +390,17 @@ class Scheduler:
         done, _ = wait(list(self._pending), timeout=None if block else 0, return_when=FIRST_COMPLETED)
         for future in done:
             inp, unit = self._pending.pop(future)
+            solo = unit is self._solo
+            if solo:
+                self._solo = None
             try:
                 result = future.result()
             except Exception as exc:  # the worker died: retried, or the input fails with the reason
-                result = self._crashed(inp, unit, exc)
+                result = self._crashed(inp, unit, exc, solo)
             if result is not None:
                 self._settle(unit)
                 self._handle(inp, unit, result)
+        self._fill()
 
     def _triage(self, order: int, item: Path | str, names: dict[Path, tuple[str, str]]) -> _Input | None:
         """URLs fail, finished inputs are skipped, unreadable videos fail at once; the rest is work."""
@@ -434,7 +443,19 @@ class Scheduler:
         with self._lock:
             self.bar.total += unit.frames
             self.bar.refresh()
-        self._pending[self.executor.submit(self.job, unit)] = (inp, unit)
+        self._waiting.append((inp, unit))
+        self._fill()
+
+    def _fill(self) -> None:
+        """Hand waiting units to the executor, one per free slot; a unit whose worker died beside others runs only
+        when nothing else is left, alone."""
+        while self._solo is None and len(self._pending) < self.executor.slots and self._waiting:
+            inp, unit = self._waiting.popleft()
+            self._pending[self.executor.submit(self.job, unit)] = (inp, unit)
+        if not self._pending and not self._waiting and self._suspects:
+            inp, unit = self._suspects.popleft()
+            self._solo = unit
+            self._pending[self.executor.submit(self.job, unit)] = (inp, unit)
 
     def _start(self, inp: _Input) -> None:
         if not inp.plan:
@@ -455,14 +476,14 @@ class Scheduler:
             if missing > 0:
                 self.bar.update(missing)
 
-    def _crashed(self, inp: _Input, unit: Unit, exc: BaseException) -> dict[str, Any] | None:
-        """Resubmit a unit whose worker died (None), or give up after :data:`MAX_ATTEMPTS` (a failed result)."""
-        attempts = self._attempts[unit.key] = self._attempts.get(unit.key, 0) + 1
+    def _crashed(self, inp: _Input, unit: Unit, exc: BaseException, solo: bool) -> dict[str, Any] | None:
+        """A unit whose worker died: run again alone (None) unless it has died alone :data:`MAX_ATTEMPTS` times (a
+        failed result). Beside others its death is not counted: the worker may have died of another unit."""
+        attempts = self._attempts[unit.key] = self._attempts.get(unit.key, 0) + solo
         if self.executor.recover(exc) and attempts < MAX_ATTEMPTS:
             with self._lock:
                 self.bar.update(-self._reported.pop(unit.key, 0))
-                self.bar.total -= unit.frames
-            self._submit(inp, unit)
+            self._suspects.append((inp, unit))
             return None
         reason = " ".join(str(exc).split()) or type(exc).__name__
         return {"status": "failed", "message": f"{inp.path}: worker died ({reason[:200]})"}

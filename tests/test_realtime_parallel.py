@@ -298,3 +298,32 @@ def test_local_ray_instance_is_on_loopback(inputs: Path, reference: Path, tmp_pa
     assert (tmp_path / name / f"{name}.csv").read_bytes() == (reference / name / f"{name}.csv").read_bytes()
     raylets = {p for p in watcher.parents if "/raylet/raylet " in p}
     assert raylets and all("--node_ip_address=127.0.0.2 " in p for p in raylets), "the local instance is on loopback"
+
+
+def test_an_input_that_kills_its_worker_fails_alone(inputs: Path, tmp_path: Path) -> None:
+    """Units in flight when a worker dies are run again alone: the one that kills its worker alone fails, the inputs
+    that died beside it are done (they used to use up their attempts with it, and a whole batch could fail)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('LEAF_FER_TEST_CRASH'):\n"
+        "    import leaf_fer.realtime.annotate as annotate\n"
+        "    staged = annotate.annotate_staged\n"
+        "    def annotate_staged(path, *args, **kwargs):\n"
+        "        if 'crash' in str(path):\n"
+        "            os._exit(9)\n"
+        "        return staged(path, *args, **kwargs)\n"
+        "    annotate.annotate_staged = annotate_staged\n")
+    shutil.copy(inputs / "still.jpg", tmp_path / "crash.jpg")
+    files = [tmp_path / "crash.jpg", inputs / "single_face.mp4", inputs / "still.jpg", inputs / "no_face.mp4"]
+    env = {**os.environ, "PYTHONPATH": str(hook), "LEAF_FER_TEST_CRASH": "1"}
+    run = subprocess.run([sys.executable, "-m", "leaf_fer", "annotate", *map(str, files), "-o", str(tmp_path / "out"),
+                          "--workers", "2", "--segment-frames", "0", "--no-progress"],
+                         env=env, capture_output=True, text=True, timeout=600, check=False)
+    lines = (run.stdout + run.stderr).splitlines()
+    assert run.returncode == 1, lines
+    assert any(line.startswith("failed:") and "crash.jpg" in line and "worker died" in line for line in lines), lines
+    for name in ("single_face.mp4", "still.jpg", "no_face.mp4"):
+        assert any(line.startswith(f"done: {name}") for line in lines), (name, lines)
+    _assert_clean(tmp_path / "out")
