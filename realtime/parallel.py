@@ -1,15 +1,15 @@
 """Where ``annotate``'s work runs: in this process, in one worker process per core, or as Ray tasks on a cluster.
 
-A run is cut into work units (:class:`Unit`): a whole input, or one segment of a long video to analyse or to
-render (:mod:`.segments`). The parent process holds the output folder's lock, names the outputs and makes one
-staging folder per input; every attempt at a unit writes into a new folder of its own inside it and returns what it
-made; the parent publishes an input in one step once all its units are done and checked, so nothing is ever
-published half-written. Workers load the model once (one inference thread each) and report their frames to one
-aggregated progress bar. A unit's failure fails its input only (a bad input is one line in the outcomes). The
-executor holds at most one unit per slot, so a worker process that dies takes down only the units in flight: the
-pool is replaced and each of them is run again alone at the end, where a second death is its own; a unit that dies
-alone :data:`MAX_ATTEMPTS` times fails (on Ray, Ray retries: ``max_retries``). On Ray every node must see the inputs and the output folder under the same paths, and progress
-advances as units finish.
+A run is cut into work units (:class:`Unit`): a whole input, or one segment of a long video to analyse or to render
+(:mod:`.segments`). The parent process holds the output folder's lock, names the outputs and makes one staging folder
+per input; every attempt at a unit writes into a new folder of its own inside it and returns what it made; the parent
+publishes an input in one step once all its units are done and checked, so nothing is ever published half-written.
+Workers load the model once (one inference thread each) and report their frames to one aggregated progress bar. A
+unit's failure fails its input only (a bad input is one line in the outcomes). The executor holds at most one unit
+per slot, so a worker process that dies takes down only the units in flight: the pool is replaced and each of them is
+run again alone at the end, where a death is its own; a unit that dies alone :data:`MAX_ATTEMPTS` times fails
+(on Ray, Ray retries: ``max_retries``). On Ray every node must see the inputs and the output folder under the same
+paths, and progress advances as units finish.
 """
 
 from __future__ import annotations
