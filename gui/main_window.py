@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from collections.abc import Callable
@@ -416,11 +415,12 @@ class MainWindow(QMainWindow):
             return None
         now = time.time()
         stem = f"leaf-fer_{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{int(now * 1000) % 1000:03d}"
-        for attempt in itertools.count():
+        attempt = 0
+        while True:
             paths = [self.output_dir / f"{stem}{f'_{attempt}' if attempt else ''}{suffix}" for suffix in suffixes]
             if not any(path.exists() for path in paths):
                 return paths
-        raise AssertionError("unreachable")
+            attempt += 1
 
     def _begin_recording(self) -> None:
         paths = self._output_paths(".mp4", ".csv")
