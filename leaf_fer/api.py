@@ -184,7 +184,7 @@ def _image_pixels(image: Any) -> tuple[str, np.ndarray]:
             raise ConfigError(f"expected a uint8 image (0-255), got {image.dtype}")
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)) or not image.size:
             raise ConfigError(f"expected an image [H, W], [H, W, 3] or [H, W, 4], got shape {image.shape}")
-        return "<array>", to_bgr(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+        return "<array>", to_bgr(image)
     text = os.fspath(image)
     if is_url(text):
         raise ConfigError(f"{redact_url(text)}: analyze_image reads image files; download the image first")

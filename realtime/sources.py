@@ -57,8 +57,8 @@ class Capture(Protocol):
 
 
 def to_bgr(image: np.ndarray) -> np.ndarray:
-    """Gray, BGRA or BGR uint8 → 3-channel BGR (no copy when already BGR)."""
-    if image.ndim == 2:
+    """Gray ([H, W] or [H, W, 1]), BGRA or BGR uint8 → 3-channel BGR (no copy when already BGR)."""
+    if image.ndim == 2 or image.shape[2] == 1:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)

@@ -237,6 +237,10 @@ def load_fer2013_csv(fer2013_csv: str | Path, ferplus_csv: str | Path | None = N
     return FaceData(images=images, ferplus_votes=votes, fer2013_labels=labels, source=str(fer2013_csv))
 
 
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> DataError:
+    return DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV")
+
+
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
     """The rows of a UTF-8 CSV (a byte-order mark allowed), names and cells stripped; a short row's missing cells
     are empty."""
@@ -250,7 +254,7 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
             reader.fieldnames = columns
             return [{k: v.strip() for k, v in row.items() if k is not None} for row in reader]
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from exc
+        raise _not_utf8(path, exc) from exc
 
 
 def class_index(name: str, where: str) -> int:
@@ -513,7 +517,7 @@ def csv_columns(path: Path) -> list[str]:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             return [c.strip() for c in next(csv.reader(handle), [])]
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from exc
+        raise _not_utf8(path, exc) from exc
 
 
 def load_dataset(path: str | Path, ferplus_csv: str | Path | None = None, usage: str | None = "Training",
