@@ -106,8 +106,9 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser(
         "evaluate", help="accuracy, macro recall and per-class recall: on model-size faces (npz) or end to end",
         description="An .npz of 48x48 faces scores the model alone. Class sub-folders, a labels CSV (file, label), "
-                    "an AffectNet CSV or RAF-DB's list file (its test_* entries) of full-size images run the whole pipeline (detector, aligner, model): no-face rate, accuracy, "
-                    "macro recall, per-class recall, confusion PNG and JSON.")
+                    "an AffectNet CSV or RAF-DB's list file (its test_* entries) of full-size images run the whole "
+                    "pipeline (detector, aligner, model): no-face rate, accuracy, macro recall, per-class recall, "
+                    "confusion PNG and JSON.")
     evaluate.add_argument("--data", type=Path, required=True,
                           help="npz (images + ferplus_votes or labels), a class-folder tree, a labels CSV, an "
                                "AffectNet CSV or RAF-DB's list file")

@@ -43,6 +43,11 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+AFFECTNET_HEADER = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
+                    "expression", "valence", "arousal"]
+"""The columns of AffectNet's file lists."""
+
+
 def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -160,16 +165,14 @@ def test_affectnet_official_layout_and_missing_images(tmp_path: Path, face_frame
     (tmp_path / "Manually_Annotated_file_lists").mkdir()
     (tmp_path / "Manually_Annotated_Images" / "7").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "Manually_Annotated_Images" / "7" / "face.jpg"), face_frame)
-    header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
-              "expression", "valence", "arousal"]
     rows = [["7/face.jpg", 200, 40, 240, 280, "", 3, 0, 0], ["7/gone.jpg", 200, 40, 240, 280, "", 1, 0, 0]]
-    path = write_csv(tmp_path / "Manually_Annotated_file_lists" / "training.csv", header, rows)
+    path = write_csv(tmp_path / "Manually_Annotated_file_lists" / "training.csv", AFFECTNET_HEADER, rows)
     data = load_dataset(path)
     assert targets_for(data, FERPLUS_CLASSES).hard.tolist() == [FERPLUS_CLASSES.index("surprise")]
     assert "1 of 2 skipped: 1 not found (first: " in capsys.readouterr().out
     assert labeled_files(path) == ([tmp_path / "Manually_Annotated_Images" / "7" / name for name in ("face.jpg", "gone.jpg")],
                                    [FERPLUS_CLASSES.index("surprise"), FERPLUS_CLASSES.index("happiness")])
-    path = write_csv(tmp_path / "Manually_Annotated_file_lists" / "validation.csv", header, rows[1:])
+    path = write_csv(tmp_path / "Manually_Annotated_file_lists" / "validation.csv", AFFECTNET_HEADER, rows[1:])
     with pytest.raises(DataError, match="no face in any of its 1 images .1 not found"):
         load_dataset(path)
 
@@ -196,11 +199,9 @@ def test_affectnet_csv_uses_the_face_box_and_skips_non_expressions(tmp_path: Pat
     blank = np.full((360, 640, 3), 90, np.uint8)
     cv2.imwrite(str(tmp_path / "1" / "face.jpg"), face_frame)
     cv2.imwrite(str(tmp_path / "1" / "blank.jpg"), blank)
-    header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
-              "expression", "valence", "arousal"]
-    path = write_csv(tmp_path / "training.csv", header, [["1/face.jpg", 200, 40, 240, 280, "", 7, 0, 0],
-                                                        ["1/blank.jpg", 100, 100, 100, 100, "", 1, 0, 0],
-                                                        ["1/face.jpg", 200, 40, 240, 280, "", 10, 0, 0]])
+    path = write_csv(tmp_path / "training.csv", AFFECTNET_HEADER, [["1/face.jpg", 200, 40, 240, 280, "", 7, 0, 0],
+                                                                  ["1/blank.jpg", 100, 100, 100, 100, "", 1, 0, 0],
+                                                                  ["1/face.jpg", 200, 40, 240, 280, "", 10, 0, 0]])
     data = load_affectnet_csv(path)
     assert len(data) == 2, "no-face (10) rows are skipped; a box without a detection is still the face"
     assert targets_for(data, FERPLUS_CLASSES).hard.tolist() == [FERPLUS_CLASSES.index("contempt"),

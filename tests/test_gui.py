@@ -777,7 +777,7 @@ def test_restart_plays_the_file_chosen_when_two_share_a_name(qtbot, make_window:
     assert opened[-1] == "/b/clip.mp4"
 
 
-class SlowStill(Source):
+class StillImage(Source):
     """One still image."""
 
     def __init__(self, name: str) -> None:
@@ -794,7 +794,7 @@ def test_a_setting_changed_while_an_image_is_analysed_is_applied(qtbot, make_win
         configs.append(config)
         return FakePipeline(config, (0.5,))
 
-    win = make_window(pipeline_factory=pipelines, source_factory=SlowStill)
+    win = make_window(pipeline_factory=pipelines, source_factory=StillImage)
     win.open_file("photo.jpg")
     qtbot.waitUntil(lambda: bool(configs), timeout=FRAME_TIMEOUT_MS)
     win.settings_form.set_value("min_detection_confidence", 0.3)
